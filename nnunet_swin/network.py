@@ -1,0 +1,640 @@
+"""Swin-Unet (Cao et al., arXiv 2105.05537) as a size-agnostic 2D network.
+
+With default options this computes what the official ``SwinTransformerSys`` computes at the sizes the
+official code accepts (224 and 448 at window 7, ...), and it also runs at any H x W divisible by 32:
+windows that do not tile a stage are padded bottom/right and the padding tokens are masked out of
+attention, so they never change the result of real tokens.
+
+Layout: tokens are kept channels-last (B, H, W, C) from the patch embedding to the head, so the only
+layout copies are the window partition / reverse; NCHW is used at the module boundary only.
+
+The module imports torch and timm layers only (never nnU-Net), so it can be used and tested alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["SwinUnet", "UPSAMPLING_MODES", "nearest_valid_sizes"]
+
+UPSAMPLING_MODES = ("patch_expand", "bilinear", "transposed_conv")
+SHIFT_MASK_VALUE = -100.0  # the official value: finite, so fp16-safe, and what the checkpoints were trained with
+NUM_STAGES = 4  # Swin-Unet is built for four stages: three skips at 1/4, 1/8, 1/16 and a 1/32 bottleneck
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def window_geometry(size: int, window: int, shifted: bool) -> tuple[int, int]:
+    """Window and shift along one axis. An axis no longer than the window is attended globally with
+    no shift; equality counts, as in the official code (so a 7x7 stage at window 7 is global)."""
+    if size <= window:
+        return size, 0
+    return window, (window // 2 if shifted else 0)
+
+
+def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, nW, wh * ww, C), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // wh) * (w // ww), wh * ww, c)
+
+
+def window_reverse(windows: torch.Tensor, wh: int, ww: int, h: int, w: int) -> torch.Tensor:
+    """(B, nW, wh * ww, C) -> (B, H, W, C); the inverse of :func:`window_partition`."""
+    b, _, _, c = windows.shape
+    x = windows.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor:
+    """Index into a ((2M-1)^2, heads) bias table for every token pair of a wh x ww window (wh, ww <= M).
+
+    For a clamped window the index addresses the centre of the full table: offsets within +-(w-1)
+    are a subset of +-(M-1), so one table (and one checkpoint) serves every input size.
+    """
+    m = table_window
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
+
+
+def _band_labels(size: int, padded: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Region label of every position along one axis of the rolled, padded map.
+
+    After the cyclic roll the last ``shift`` real positions are the wrapped-around ones (region 1);
+    everything before is region 0; bottom/right padding is region 2. This equals the official
+    three-band labelling [0, H-M), [H-M, H-s), [H-s, H) wherever that one is defined, because its
+    first two bands never share a window when H is a multiple of M.
+    """
+    pos = torch.arange(padded, device=device)
+    labels = torch.zeros(padded, dtype=torch.long, device=device)
+    if shift:
+        labels = labels + (pos >= size - shift).long()
+    return torch.where(pos >= size, torch.full_like(labels, 2), labels)
+
+
+def attention_mask(
+    h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
+) -> torch.Tensor | None:
+    """Additive (nW, N, N) mask for a rolled and padded stage, or None when no token needs masking.
+
+    Pairs in different shift regions get -100 (the official value). Padding keys get -inf for real
+    queries, so padding cannot change a real token; a padding query may attend to other padding,
+    which keeps every softmax row finite (padding outputs are cropped away).
+    """
+    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
+    if not (sh or sw or hp != h or wp != w):
+        return None
+    rows = _band_labels(h, hp, wh, sh, device)
+    cols = _band_labels(w, wp, ww, sw, device)
+    pad = ((rows == 2)[:, None] | (cols == 2)[None, :]).float()
+    region = (rows[:, None] * 3 + cols[None, :]).float()
+    both = torch.stack([region, pad], -1)[None]  # 1, Hp, Wp, 2
+    win = window_partition(both, wh, ww)[0]  # nW, N, 2
+    region, pad = win[..., 0], win[..., 1]
+    mask = torch.zeros(region.shape[0], region.shape[1], region.shape[1], device=device)
+    mask = mask.masked_fill(region[:, :, None] != region[:, None, :], SHIFT_MASK_VALUE)
+    key_is_pad = (pad[:, None, :] > 0) & (pad[:, :, None] == 0)
+    return mask.masked_fill(key_is_pad, float("-inf"))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative-position bias.
+
+    ``fused`` chooses torch's scaled_dot_product_attention (bias and mask folded into one additive
+    mask that is broadcast over the batch, never copied per image) or the explicit formula; both
+    compute the same thing. The explicit path takes its softmax in float32 so that fp16 cannot overflow.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, fused: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.window_size = window_size
+        self.fused = fused
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer(
+            "relative_position_index", relative_position_index(window_size, window_size, window_size), persistent=False
+        )
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self._clamped_indices: dict[tuple, torch.Tensor] = {}  # clamped windows of small stages
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def _index(self, wh: int, ww: int) -> torch.Tensor:
+        if (wh, ww) == (self.window_size, self.window_size):
+            return self.relative_position_index
+        device = self.relative_position_index.device
+        if _is_compiling():
+            return relative_position_index(wh, ww, self.window_size).to(device)
+        key = (wh, ww, device)
+        if key not in self._clamped_indices:
+            self._clamped_indices[key] = relative_position_index(wh, ww, self.window_size).to(device)
+        return self._clamped_indices[key]
+
+    def _bias(self, wh: int, ww: int) -> torch.Tensor:
+        index = self._index(wh, ww)
+        n = wh * ww
+        return self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
+
+    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, nW, N, C) windows; mask: (nW, N, N) or None. Returns (B, nW, N, C)."""
+        b, nw, n, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).view(b, nw, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv.unbind(0)  # each B, nW, heads, N, d
+        bias = self._bias(wh, ww)
+        if self.fused:
+            if mask is None:  # one (heads, N, N) bias for every window and image
+                q, k, v = (t.reshape(b * nw, heads, n, self.head_dim) for t in (q, k, v))
+                additive = bias
+            else:  # windows folded into the head axis: the (nW*heads, N, N) mask broadcasts over the batch
+                q, k, v = (t.reshape(b, nw * heads, n, self.head_dim) for t in (q, k, v))
+                additive = (bias[None] + mask[:, None]).reshape(nw * heads, n, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive.to(q.dtype), scale=self.scale)
+        else:
+            with torch.autocast(x.device.type, enabled=False):  # logits and softmax in float32
+                logits = (q.float() * self.scale) @ k.float().transpose(-2, -1) + bias.float()
+                if mask is not None:
+                    logits = logits + mask[:, None]
+                attn = logits.softmax(-1)
+            out = attn.to(v.dtype) @ v
+        out = out.view(b, nw, heads, n, self.head_dim).transpose(2, 3).reshape(b, nw, n, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin block: (shifted-)window attention then MLP, each with a residual and drop path."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shifted: bool,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        fused_attention: bool = True,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, fused_attention)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self._masks: dict[tuple, torch.Tensor | None] = {}
+
+    def _mask(self, h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device) -> torch.Tensor | None:
+        if _is_compiling():  # built in-graph from static sizes: no Python state mutated under compile
+            return attention_mask(h, w, wh, ww, sh, sw, device)
+        key = (h, w, device)
+        if key not in self._masks:
+            self._masks[key] = attention_mask(h, w, wh, ww, sh, sw, device)
+        return self._masks[key]
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        wh, sh = window_geometry(h, self.window_size, self.shifted)
+        ww, sw = window_geometry(w, self.window_size, self.shifted)
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
+        if hp != h or wp != w:
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
+        mask = self._mask(h, w, wh, ww, sh, sw, x.device)
+        x = window_reverse(self.attn(window_partition(x, wh, ww), wh, ww, mask), wh, ww, hp, wp)
+        if hp != h or wp != w:
+            x = x[:, :h, :w]
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        x = x + self.drop_path(self._attend(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches to tokens: strided conv, then LayerNorm (patch_norm=True)."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Cin, H, W) -> (B, H/p, W/p, C)."""
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours concatenated (official channel order), LayerNorm(4C), Linear 4C -> 2C without bias."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        # (b, h/2, row offset, w/2, col offset, c) -> channel blocks ordered (0,0), (1,0), (0,1), (1,1)
+        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class PatchExpand(nn.Module):
+    """Linear C -> s^2 * C_out without bias, each token unfolded to an s x s pixel block in the
+    official ``(p1 p2 c)`` channel order, then LayerNorm. s=2, C_out=C/2 is Swin-Unet's PatchExpand;
+    s=4, C_out=C its FinalPatchExpand_X4."""
+
+    def __init__(self, dim: int, out_dim: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        s = self.scale
+        x = self.expand(x)
+        x = x.view(b, h, w, s, s, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, -1)
+        return self.norm(x)
+
+
+class BilinearExpand(nn.Module):
+    """The paper's bilinear up-sampling ablation: Linear C -> C_out (no bias), bilinear x s, LayerNorm.
+    The projection runs before the interpolation; both are linear, so the order only saves work."""
+
+    def __init__(self, dim: int, out_dim: int, scale: int):
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.expand(x).permute(0, 3, 1, 2)
+        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.norm(x.permute(0, 2, 3, 1))
+
+
+class TransposedConvExpand(nn.Module):
+    """The paper's transposed-convolution up-sampling ablation: ConvTranspose s x s, stride s, LayerNorm."""
+
+    def __init__(self, dim: int, out_dim: int, scale: int):
+        super().__init__()
+        self.expand = nn.ConvTranspose2d(dim, out_dim, kernel_size=scale, stride=scale)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.expand(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+_UPSAMPLERS: dict[str, type[nn.Module]] = {
+    "patch_expand": PatchExpand,
+    "bilinear": BilinearExpand,
+    "transposed_conv": TransposedConvExpand,
+}
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks (even blocks W-MSA, odd blocks SW-MSA) at one resolution."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        drop_path: Sequence[float],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        fused_attention: bool,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, i % 2 == 1, mlp_ratio, qkv_bias, drop_path[i], fused_attention)
+            for i in range(depth)
+        )
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class EncoderStage(SwinStage):
+    """Swin blocks, then PatchMerging at the end of the stage (the official layout, not timm's)."""
+
+    def __init__(self, *args, downsample: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.downsample = PatchMerging(self.dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.run_blocks(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class DecoderStage(SwinStage):
+    """Optional skip fusion (concat [x, skip], Linear 2C -> C with bias), Swin blocks, optional x2 up-sampling.
+
+    ``forward`` returns the features after the blocks (for the deep-supervision head) and the
+    up-sampled tensor for the next stage (or None at the last stage).
+    """
+
+    def __init__(self, *args, fuse: bool, upsampling: str | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fuse = nn.Linear(2 * self.dim, self.dim) if fuse else None
+        self.upsample = _UPSAMPLERS[upsampling](self.dim, self.dim // 2, 2) if upsampling else None
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.fuse is not None:
+            x = self.fuse(torch.cat([x, skip], dim=-1))
+        x = self.run_blocks(x)
+        return x, (self.upsample(x) if self.upsample is not None else None)
+
+
+class SwinEncoder(nn.Module):
+    """Patch embedding, three Swin stages ending in PatchMerging, the bottleneck stage and its norm.
+
+    ``forward`` returns the skips finest first (1/4, 1/8, 1/16 of the input, NCHW), then the 1/32
+    bottleneck. As in the official code a skip is the *input* of a stage (the patch embedding, then the
+    PatchMerging outputs), not the output of the Swin blocks at that scale.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        patch_size: int,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: Sequence[Sequence[float]],
+        fused_attention: bool,
+    ):
+        super().__init__()
+        self.input_channels = input_channels
+        self.patch_embed = PatchEmbed(input_channels, embed_dim, patch_size)
+        self.stages = nn.ModuleList(
+            EncoderStage(
+                embed_dim * 2**i,
+                depths[i],
+                num_heads[i],
+                window_size,
+                drop_path[i],
+                mlp_ratio,
+                qkv_bias,
+                fused_attention,
+                downsample=i < NUM_STAGES - 1,
+            )
+            for i in range(NUM_STAGES)
+        )
+        self.norm = nn.LayerNorm(embed_dim * 2 ** (NUM_STAGES - 1))
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Like ``forward`` but channels-last (B, H, W, C), which is what the decoder consumes."""
+        x = self.patch_embed(x)
+        outputs = []
+        for stage in self.stages:
+            outputs.append(x)
+            x = stage(x)
+        return outputs[:-1] + [self.norm(x)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [t.permute(0, 3, 1, 2) for t in self.forward_tokens(x)]
+
+
+class SwinDecoder(nn.Module):
+    """Mirror of the encoder: a bare x2 expand from the bottleneck, then three stages of skip fusion,
+    Swin blocks and x2 expand, then LayerNorm, the x4 final expand and a bias-free 1x1 head.
+
+    ``deep_supervision`` is a plain attribute (nnU-Net's trainer sets it): when True, ``forward``
+    returns logits at full size, 1/4, 1/8 and 1/16 of the input, highest resolution first. The
+    auxiliary heads exist either way, so checkpoints load with it on or off.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: Sequence[Sequence[float]],
+        fused_attention: bool,
+        upsampling: str,
+        num_skips: int,
+        patch_size: int,
+        deep_supervision: bool,
+    ):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.num_skips = num_skips
+        stages = []
+        for i in range(NUM_STAGES):  # i = 0 at 1/32 -> 1/16 ... i = 3 at 1/4
+            enc = NUM_STAGES - 1 - i  # the encoder stage at the same resolution
+            stages.append(
+                DecoderStage(
+                    embed_dim * 2**enc,
+                    depths[enc] if i else 0,  # official layers_up.0 is a bare PatchExpand
+                    num_heads[enc],
+                    window_size,
+                    drop_path[enc],
+                    mlp_ratio,
+                    qkv_bias,
+                    fused_attention,
+                    fuse=i > 0 and enc < num_skips,  # k skips: the k finest scales
+                    upsampling=upsampling if i < NUM_STAGES - 1 else None,
+                )
+            )
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, patch_size)
+        self.head = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
+        # auxiliary heads at 1/4, 1/8, 1/16 (the 1/4 one reads the normed features of the last stage)
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(embed_dim * 2**enc, num_classes, kernel_size=1, bias=False) for enc in range(NUM_STAGES - 1)
+        )
+
+    @staticmethod
+    def _apply_head(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, head.weight.flatten(1)).permute(0, 3, 1, 2)
+
+    def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """features: channels-last skips (1/4, 1/8, 1/16) then the bottleneck, as the encoder makes them."""
+        skips = features[:-1]
+        x: torch.Tensor | None = features[-1]
+        per_scale = []  # decoder features at 1/16, 1/8, 1/4
+        for i, stage in enumerate(self.stages):
+            enc = NUM_STAGES - 1 - i
+            out, x = stage(x, skips[enc] if stage.fuse is not None else None)
+            if i:
+                per_scale.append(out)
+        finest = self.norm(per_scale[-1])
+        logits = self._apply_head(self.head, self.final_expand(finest))
+        if not self.deep_supervision:
+            return logits
+        per_scale[-1] = finest
+        aux = [self._apply_head(head, feat) for head, feat in zip(self.aux_heads, reversed(per_scale))]
+        return [logits, *aux]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """features: NCHW skips (1/4, 1/8, 1/16) then the bottleneck, as ``SwinEncoder.forward`` returns them."""
+        return self.forward_tokens([f.permute(0, 2, 3, 1) for f in features])
+
+
+def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
+    """The nearest sizes at or below and above ``size`` that are multiples of ``multiple``."""
+    below = max(multiple, size // multiple * multiple)
+    return below, math.ceil(size / multiple) * multiple
+
+
+class SwinUnet(nn.Module):
+    """Swin-Unet: a pure-transformer U-Net from Swin blocks with shifted windows, patch merging and
+    patch expanding (Cao et al., arXiv 2105.05537).
+
+    Args:
+        input_channels: image channels (modalities); nnU-Net passes this.
+        num_classes: output channels (segmentation heads); nnU-Net passes this.
+        deep_supervision: return logits at 1, 1/4, 1/8 and 1/16 of the input, highest first.
+        patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias, drop_path_rate:
+            as in the paper's "tiny" model by default. Drop path grows linearly over the encoder
+            blocks and the decoder reuses the rate of the encoder stage at the same resolution.
+        upsampling: "patch_expand" (the paper), "bilinear" or "transposed_conv" (its ablation).
+        num_skips: 0-3 skip connections, always the finest ones: 1 = 1/4; 2 = 1/4 and 1/8;
+            3 = 1/4, 1/8 and 1/16 (the paper's model). A missing skip has no concat and no fusion layer.
+        fused_attention: use torch's scaled_dot_product_attention (same result as the explicit formula).
+        gradient_checkpointing: recompute each Swin block in backward to save activation memory.
+
+    All options are plain JSON values, so nnU-Net's ``get_network_from_plans`` can build the network
+    from a plans file naming ``nnunet_swin.SwinUnet``. Inputs must have H and W divisible by
+    ``patch_size * 8`` (32 by default); square or not, any such size works.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        deep_supervision: bool = False,
+        patch_size: int = 4,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.2,
+        upsampling: str = "patch_expand",
+        num_skips: int = 3,
+        fused_attention: bool = True,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        _check_options(input_channels, num_classes, patch_size, embed_dim, depths, num_heads, window_size,
+                       drop_path_rate, upsampling, num_skips)
+        self.input_channels = input_channels
+        self.num_classes = num_classes
+        self.size_multiple = patch_size * 2 ** (NUM_STAGES - 1)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
+        drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
+        common = dict(num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                      drop_path=drop_path, fused_attention=fused_attention)
+        self.encoder = SwinEncoder(input_channels, patch_size, embed_dim, depths, **common)
+        self.decoder = SwinDecoder(num_classes, embed_dim, depths, upsampling=upsampling, num_skips=num_skips,
+                                   patch_size=patch_size, deep_supervision=deep_supervision, **common)
+        self.apply(_init_weights)
+        self.set_grad_checkpointing(gradient_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every Swin block during backward instead of keeping its activations."""
+        for module in self.modules():
+            if isinstance(module, SwinStage):
+                module.grad_checkpointing = enable
+
+    def set_fused_attention(self, enable: bool = True) -> None:
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.fused = enable
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError for an input this network cannot take, naming sizes that work."""
+        if x.dim() != 4:
+            raise ValueError(f"SwinUnet is a 2D network and expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.input_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channels but the network was built for input_channels={self.input_channels}"
+            )
+        m = self.size_multiple
+        bad = [(axis, s) for axis, s in zip("HW", x.shape[2:]) if s % m]
+        if bad:
+            hints = ", ".join(f"{axis}={s} (nearest: {' or '.join(map(str, nearest_valid_sizes(s, m)))})"
+                              for axis, s in bad)
+            raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {m} "
+                             f"(patch_size x 2^3 merges): {hints}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self.check_input(x)
+        return self.decoder.forward_tokens(self.encoder.forward_tokens(x))
+
+
+def _check_options(input_channels, num_classes, patch_size, embed_dim, depths, num_heads, window_size,
+                   drop_path_rate, upsampling, num_skips) -> None:
+    if input_channels < 1 or num_classes < 1:
+        raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels} and {num_classes}")
+    if len(depths) != NUM_STAGES or len(num_heads) != NUM_STAGES:
+        raise ValueError(f"depths and num_heads need {NUM_STAGES} entries (three merging stages and the "
+                         f"bottleneck), got {list(depths)} and {list(num_heads)}")
+    if any(d < 1 for d in depths):
+        raise ValueError(f"every stage needs at least one Swin block, got depths={list(depths)}")
+    for i, heads in enumerate(num_heads):
+        if (embed_dim * 2**i) % heads:
+            raise ValueError(f"stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}]={heads}")
+    if patch_size < 1 or window_size < 1:
+        raise ValueError(f"patch_size and window_size must be >= 1, got {patch_size} and {window_size}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+    if num_skips not in range(NUM_STAGES):
+        raise ValueError(f"num_skips must be 0, 1, 2 or 3, got {num_skips!r}")
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even (PatchExpand halves channels), got {embed_dim}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The official initialisation: Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0;
+    convolutions keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
