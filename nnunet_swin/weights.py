@@ -1,0 +1,340 @@
+"""Loading weights into :class:`~nnunet_swin.network.SwinUnet`: official Swin-Unet checkpoints and
+ImageNet Swin encoders (Microsoft release files, timm state dicts, timm model names).
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint from the internet cannot run code.
+Nothing is dropped silently: every loader either maps each source tensor or says why it did not,
+and returns a :class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nnunet_swin.network import NUM_STAGES, SwinBlock, SwinUnet, attention_mask, window_geometry
+
+__all__ = ["LoadReport", "WeightLoadError", "load_official_checkpoint", "load_pretrained_encoder",
+           "official_to_swinunet"]
+
+StateDict = dict[str, torch.Tensor]
+
+# official Swin-Unet key -> ours; first match wins (patterns are anchored at the start of the key)
+_OFFICIAL_RULES: tuple[tuple[str, str], ...] = (
+    (r"patch_embed\.", "encoder.patch_embed."),
+    (r"layers\.(\d)\.blocks\.", r"encoder.stages.\1.blocks."),
+    (r"layers\.(\d)\.downsample\.", r"encoder.stages.\1.downsample."),
+    (r"norm\.", "encoder.norm."),
+    (r"layers_up\.0\.", "decoder.stages.0.upsample."),
+    (r"layers_up\.(\d)\.blocks\.", r"decoder.stages.\1.blocks."),
+    (r"layers_up\.(\d)\.upsample\.", r"decoder.stages.\1.upsample."),
+    (r"concat_back_dim\.(\d)\.", r"decoder.stages.\1.fuse."),
+    (r"norm_up\.", "decoder.norm."),
+    (r"up\.", "decoder.final_expand."),
+    (r"output\.", "decoder.head."),
+)
+_OFFICIAL_PREFIXES = ("module.swin_unet.", "swin_unet.", "module.")
+_BUFFERS = ("relative_position_index", "attn_mask")
+
+
+class WeightLoadError(RuntimeError):
+    """A checkpoint does not fit the model; the message lists every mismatch."""
+
+
+@dataclass
+class LoadReport:
+    """What a loader did with every tensor of the model and of the source."""
+
+    loaded: list[str] = field(default_factory=list)  # model keys copied as they were
+    adapted: dict[str, str] = field(default_factory=dict)  # model key -> how the source tensor was changed
+    random: list[str] = field(default_factory=list)  # model keys the source did not cover (initialisation kept)
+    ignored: dict[str, str] = field(default_factory=dict)  # source key -> why it was not used
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors, adapted {len(self.adapted)}, "
+                 f"left {len(self.random)} at random init, ignored {len(self.ignored)} source tensors"]
+        lines += [f"  adapted {k}: {how}" for k, how in self.adapted.items()]
+        lines += [f"  random  {k}" for k in _collapse(self.random)]
+        lines += [f"  ignored {k}: {why}" for k, why in self.ignored.items()]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _collapse(keys: list[str]) -> list[str]:
+    """Group keys by module for a readable report (``decoder.aux_heads.*``)."""
+    groups: dict[str, None] = {}
+    for k in keys:
+        groups[re.sub(r"\.(\d+)\..*$|\.[^.]+$", lambda m: f".{m.group(1)}.*" if m.group(1) else ".*", k, count=1)] = None
+    return list(groups)
+
+
+def _read(source: str | os.PathLike | Mapping) -> Mapping:
+    if isinstance(source, Mapping):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling error means the file holds more than tensors
+        raise WeightLoadError(f"could not read {path!r} as a tensors-only checkpoint "
+                              f"(torch.load(weights_only=True)): {e}") from e
+
+
+def _unwrap(checkpoint: Mapping) -> StateDict:
+    for key in ("network_weights", "state_dict", "model"):
+        if key in checkpoint and isinstance(checkpoint[key], Mapping):
+            checkpoint = checkpoint[key]
+    return dict(checkpoint)
+
+
+def _rename_official(key: str) -> str | None:
+    for prefix in _OFFICIAL_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            break
+    for pattern, repl in _OFFICIAL_RULES:
+        new, n = re.subn("^" + pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+def _check_official_buffer(model: SwinUnet, ours: str, value: torch.Tensor) -> str | None:
+    """Official checkpoints persist the index and the shift mask; both must agree with our geometry."""
+    block = model.get_submodule(ours[: ours.index(".attn")])
+    if not isinstance(block, SwinBlock):
+        return "not a buffer of a Swin block"
+    if ours.endswith("relative_position_index"):
+        expected = block.attn.relative_position_index
+        if value.shape != expected.shape or not torch.equal(value.cpu(), expected.cpu()):
+            return (f"relative_position_index {tuple(value.shape)} does not fit window_size="
+                    f"{block.window_size} (expected {tuple(expected.shape)})")
+        return None
+    # attn_mask (nW, N, N) belongs to a square stage of side sqrt(nW) * M
+    side = round(value.shape[0] ** 0.5) * round(value.shape[1] ** 0.5)
+    wh, sh = window_geometry(side, block.window_size, block.shifted)
+    expected = attention_mask(side, side, wh, wh, sh, sh, torch.device("cpu"))
+    if expected is None or expected.shape != value.shape or not torch.equal(expected, value.float().cpu()):
+        return f"attn_mask {tuple(value.shape)} is not the shift mask of a {side}x{side} stage at window {block.window_size}"
+    return None
+
+
+def official_to_swinunet(model: SwinUnet, state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, LoadReport]:
+    """Map an official Swin-Unet state dict onto ``model``'s keys; raise listing every mismatch."""
+    ours = model.state_dict()
+    mapped: StateDict = {}
+    report = LoadReport()
+    problems: list[str] = []
+    for key, value in state_dict.items():
+        new = _rename_official(key)
+        if new is None:
+            problems.append(f"{key}: not a Swin-Unet tensor")
+            continue
+        if new.endswith(_BUFFERS):
+            try:
+                why = _check_official_buffer(model, new, value)
+            except AttributeError:
+                why = "belongs to a block this model does not have"
+            if why:
+                problems.append(f"{key}: {why}")
+            else:
+                report.ignored[key] = "buffer recomputed by the model (checked equal)"
+            continue
+        if new not in ours:
+            problems.append(f"{key}: no such tensor in this model ({_hint(new, model)})")
+        elif ours[new].shape != value.shape:
+            problems.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(ours[new].shape)}"
+                            f"{_shape_hint(new, value, ours[new])}")
+        elif new in mapped:
+            problems.append(f"{key}: maps to {new}, which another checkpoint tensor already filled")
+        else:
+            mapped[new] = value
+    official_only = [k for k in ours if k not in mapped and not k.startswith("decoder.aux_heads.")]
+    problems += [f"{_official_name(k)}: missing from the checkpoint (model has {k} {tuple(ours[k].shape)})"
+                 for k in official_only]
+    if problems:
+        raise WeightLoadError("checkpoint does not fit this SwinUnet (built with other settings?):\n  "
+                              + "\n  ".join(problems))
+    report.loaded = list(mapped)
+    report.random = [k for k in ours if k not in mapped]
+    return mapped, report
+
+
+def _official_name(ours: str) -> str:
+    """The official name of one of our keys, for messages."""
+    for pattern, repl in _OFFICIAL_RULES:
+        m = re.match(re.escape(repl).replace(re.escape("\\1"), r"(\d)"), ours)
+        if m:
+            template = pattern.replace(r"(\d)", m.group(1) if m.groups() else "").replace("\\", "")
+            return template + ours[m.end():]
+    return ours
+
+
+def _hint(key: str, model: SwinUnet) -> str:
+    if ".fuse." in key:
+        return f"the checkpoint has this skip fusion but the model has num_skips={model.decoder.num_skips}"
+    if ".blocks." in key:
+        return "the checkpoint has more Swin blocks than the model's depths"
+    return "different architecture"
+
+
+def _shape_hint(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> str:
+    if key == "decoder.head.weight":
+        return f": the checkpoint predicts {theirs.shape[0]} classes; build the model with num_classes={theirs.shape[0]}"
+    if key == "encoder.patch_embed.proj.weight" and theirs.shape[1] != ours.shape[1]:
+        return (f": the checkpoint takes {theirs.shape[1]} input channels (the official wrapper repeats grayscale "
+                f"to 3); build the model with input_channels={theirs.shape[1]}")
+    if key.endswith("relative_position_bias_table"):
+        side = (round(theirs.shape[0] ** 0.5) + 1) // 2
+        return f": the checkpoint was trained with window_size={side}"
+    return ""
+
+
+def load_official_checkpoint(model: SwinUnet, source: str | os.PathLike | Mapping) -> LoadReport:
+    """Load a checkpoint saved by the official Swin-Unet training code (keys prefixed ``swin_unet.``,
+    ``module.swin_unet.`` or bare) into ``model``, which must be built with the same settings.
+
+    Every checkpoint tensor maps to exactly one of ours; the persisted index and shift-mask buffers
+    are checked against the model's geometry. Our auxiliary deep-supervision heads, which the
+    official model does not have, stay at their initialisation (listed in ``report.random``).
+    """
+    state_dict = _unwrap(_read(source))
+    mapped, report = official_to_swinunet(model, state_dict)
+    model.load_state_dict(mapped, strict=False)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------
+# ImageNet Swin encoders
+
+
+def _source_state_dict(source: str | os.PathLike | Mapping) -> tuple[StateDict, str]:
+    if isinstance(source, Mapping) or os.path.isfile(os.fspath(source)):
+        return _unwrap(_read(source)), "file" if not isinstance(source, Mapping) else "state dict"
+    name = os.fspath(source)
+    import timm  # only needed for model names
+
+    if not timm.is_model(name.split(".")[0]):
+        raise FileNotFoundError(f"{name!r} is neither a file nor a timm model name; give the path of a Swin "
+                                f"checkpoint (Microsoft release .pth or timm state dict) or a timm name such as "
+                                f"'swin_tiny_patch4_window7_224.ms_in1k'")
+    try:
+        return timm.create_model(name, pretrained=True).state_dict(), f"timm:{name}"
+    except Exception as e:
+        raise FileNotFoundError(
+            f"could not get pretrained weights for timm model {name!r} ({type(e).__name__}: {e}). Without internet, "
+            f"put the file in timm's cache (Hugging Face hub cache) on a machine that has it, or download the "
+            f"Microsoft release file swin_tiny_patch4_window7_224.pth and pass its path instead") from e
+
+
+def _source_config(state_dict: StateDict) -> dict:
+    """Structure of a Swin classification checkpoint, read from its tensors."""
+    depths = [0] * 4
+    heads = [0] * 4
+    for k, v in state_dict.items():
+        m = re.match(r"layers\.(\d)\.blocks\.(\d+)\.attn\.relative_position_bias_table$", k)
+        if m:
+            i = int(m.group(1))
+            depths[i] = max(depths[i], int(m.group(2)) + 1)
+            heads[i] = v.shape[1]
+    if "patch_embed.proj.weight" not in state_dict or not all(depths):
+        raise WeightLoadError("not a 4-stage Swin Transformer checkpoint: expected patch_embed.proj.weight and "
+                              "layers.{0-3}.blocks.*.attn.relative_position_bias_table")
+    return dict(embed_dim=state_dict["patch_embed.proj.weight"].shape[0], depths=tuple(depths),
+                num_heads=tuple(heads))
+
+
+def _to_timm_layout(state_dict: StateDict, model: SwinUnet, config: dict) -> StateDict:
+    """Microsoft or timm layout -> timm layout at this model's window and patch size, by timm's own
+    ``checkpoint_filter_fn`` (moves PatchMerging to the start of the next stage, drops persisted
+    buffers, resizes relative-position tables and resamples the patch kernel)."""
+    import timm
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    window = model.encoder.stages[0].blocks[0].attn.window_size
+    patch = model.encoder.patch_embed.proj.kernel_size[0]
+    skeleton = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, device="meta", num_classes=0, **config,
+        window_size=window, patch_size=patch, img_size=patch * 8 * window * 2,  # no stage clamps the window
+    )
+    microsoft = "layers.0.downsample.reduction.weight" in state_dict
+    if not microsoft and "head.fc.weight" not in state_dict:
+        # timm tells the layouts apart by its head; a headless timm dict must not be taken for Microsoft's
+        state_dict = {**state_dict, "head.fc.weight": torch.empty(0)}
+    return checkpoint_filter_fn(state_dict, skeleton)
+
+
+def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping, *,
+                            mirror_decoder: bool = True) -> LoadReport:
+    """Initialise the encoder from ImageNet Swin weights, as the paper does.
+
+    ``source``: a Microsoft release file (``{"model": ...}``, PatchMerging at the end of a stage), a
+    timm state dict or file (PatchMerging at the start of the next stage), or a timm model name
+    (timm's pretrained loading; offline when the weights are in its cache). The patch embedding is
+    adapted to ``model.input_channels`` (1 channel: the RGB kernels summed, which equals repeating a
+    grayscale image to RGB as the official code does), relative-position tables are resized when the
+    window differs, and with ``mirror_decoder`` the encoder blocks are copied into the decoder blocks
+    at the same resolution (the official ``load_from``). Extra source blocks (Swin-T has 6 in its third
+    stage) are reported as ignored; fusion, expand, norm and head layers stay random.
+    """
+    from timm.models import adapt_input_conv
+
+    raw, origin = _source_state_dict(source)
+    config = _source_config(raw)
+    ours = model.state_dict()
+    report = LoadReport(notes=[f"source: {origin}, embed_dim {config['embed_dim']}, depths {list(config['depths'])}"])
+    converted = _to_timm_layout(raw, model, config)
+    for k in raw:
+        if k.endswith(_BUFFERS):
+            report.ignored[k] = "buffer recomputed by the model"
+    targets: StateDict = {}
+    problems = []
+
+    def put(target: str, src: str, value: torch.Tensor, how: str | None = None) -> None:
+        if target not in ours:
+            report.ignored[src] = f"the model has no {target}"
+            return
+        if ours[target].shape != value.shape:
+            problems.append(f"{src} -> {target}: source {tuple(value.shape)} vs model {tuple(ours[target].shape)}")
+            return
+        targets[target] = value
+        if how:
+            report.adapted[target] = how
+
+    raw_tables = {k: v.shape for k, v in raw.items() if k.endswith("relative_position_bias_table")}
+    for k, v in converted.items():
+        if k.startswith("head"):
+            report.ignored[k] = "classification head"
+            continue
+        if k == "patch_embed.proj.weight" and v.shape[1] != model.input_channels:
+            how = f"{v.shape[1]} -> {model.input_channels} input channels (timm adapt_input_conv)"
+            put("encoder.patch_embed.proj.weight", k, adapt_input_conv(model.input_channels, v), how)
+            continue
+        m = re.match(r"layers\.(\d)\.(blocks\.\d+\..*|downsample\..*)$", k)
+        if m:
+            stage, rest = int(m.group(1)), m.group(2)
+            if rest.startswith("downsample"):  # timm: merging that starts stage i ends our stage i-1
+                put(f"encoder.stages.{stage - 1}.{rest}", k, v)
+                continue
+            how = None
+            if k.endswith("relative_position_bias_table") and raw_tables.get(k, v.shape) != v.shape:
+                how = f"relative-position table resized {tuple(raw_tables[k])} -> {tuple(v.shape)} (timm)"
+            put(f"encoder.stages.{stage}.{rest}", k, v, how)
+            mirror = f"decoder.stages.{NUM_STAGES - 1 - stage}.{rest}"  # official load_from: layers.i -> layers_up.3-i
+            if mirror_decoder and mirror in ours:
+                put(mirror, k, v.clone(), f"mirrored from encoder {k}" + (f"; {how}" if how else ""))
+            continue
+        put(f"encoder.{k}", k, v)
+    if problems:
+        raise WeightLoadError("pretrained weights do not fit this SwinUnet:\n  " + "\n  ".join(problems))
+    model.load_state_dict(targets, strict=False)
+    report.loaded = [k for k in targets if k not in report.adapted]
+    report.random = [k for k in ours if k not in targets]
+    return report
+

@@ -1,0 +1,251 @@
+"""SwinUnet: shapes over sizes x skips x up-sampling, parameter counts, deep supervision, attention
+paths, padding masks, mixed precision and input errors."""
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_swin import SwinUnet
+from nnunet_swin import network
+from nnunet_swin.network import SwinBlock, attention_mask, window_geometry
+
+SMALL = dict(embed_dim=24, num_heads=(1, 2, 4, 8), drop_path_rate=0.0)  # fast, same structure as the paper's
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# 64x64: every stage global or clamped; 96x160: non-square, padded windows; 224: the official grid
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (224, 224)])
+@pytest.mark.parametrize("num_skips", [0, 1, 2, 3])
+@pytest.mark.parametrize("upsampling", ["patch_expand", "bilinear", "transposed_conv"])
+def test_forward_backward_grid(size, num_skips, upsampling):
+    model = SwinUnet(2, 3, num_skips=num_skips, upsampling=upsampling, **SMALL)
+    x = torch.randn(1, 2, *size)
+    y = model(x)
+    assert y.shape == (1, 3, *size)
+    y.square().mean().backward()
+    for name, p in model.named_parameters():
+        if name.startswith("decoder.aux_heads"):
+            assert p.grad is None  # no deep supervision: the auxiliary heads are not used
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+def test_default_is_the_papers_tiny_model():
+    model = SwinUnet(3, 9)
+    aux = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.aux_heads"))
+    assert _params(model) - aux == 27_168_900  # the official SwinTransformerSys at 9 classes, in_chans 3
+    assert aux == (96 + 192 + 384) * 9
+    assert _params(SwinUnet(1, 9)) - aux == 27_165_828
+    block_rates = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0
+                   for s in model.encoder.stages for b in s.blocks]
+    assert block_rates == pytest.approx(torch.linspace(0, 0.2, 8).tolist())
+    # the decoder reuses the rate of the encoder stage at the same resolution
+    dec = [[b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0 for b in s.blocks]
+           for s in model.decoder.stages]
+    assert dec[1] == pytest.approx(block_rates[4:6]) and dec[3] == pytest.approx(block_rates[0:2])
+    assert dec[0] == []  # official layers_up.0 is a bare PatchExpand
+    assert model.decoder.head.bias is None and model.decoder.head.weight.shape == (9, 96, 1, 1)
+
+
+@pytest.mark.parametrize("num_skips, removed", [(3, 0), (2, 295_296), (1, 295_296 + 73_920),
+                                                 (0, 295_296 + 73_920 + 18_528)])
+def test_skips_are_the_finest_scales(num_skips, removed):
+    model = SwinUnet(3, 9, num_skips=num_skips)
+    assert _params(SwinUnet(3, 9)) - _params(model) == removed
+    fused = [i for i, s in enumerate(model.decoder.stages) if s.fuse is not None]
+    assert fused == [3, 2, 1][:num_skips][::-1]  # 1 skip = 1/4 (stage 3), 2 = + 1/8, 3 = + 1/16
+    if num_skips == 0:
+        assert not any(isinstance(m, torch.nn.Linear) and m.in_features == 2 * m.out_features
+                       for s in model.decoder.stages for m in [s.fuse] if m is not None)
+
+
+def test_skip_tensors_feed_the_decoder():
+    """A skip only matters when it exists: changing the 1/8 skip changes the output of a 2- and 3-skip
+    model but not of a 1-skip model."""
+    x = torch.randn(1, 1, 64, 96)
+    for num_skips, expect_change in [(1, False), (2, True)]:
+        model = SwinUnet(1, 2, num_skips=num_skips, **SMALL).eval()
+        with torch.no_grad():
+            feats = model.encoder.forward_tokens(x)
+            base = model.decoder.forward_tokens(feats)
+            feats[1] = feats[1] + 1.0
+            changed = not torch.allclose(model.decoder.forward_tokens(feats), base)
+        assert changed == expect_change
+
+
+def test_deep_supervision_outputs_and_runtime_switch():
+    model = SwinUnet(1, 4, deep_supervision=True, **SMALL)
+    x = torch.randn(2, 1, 96, 128)
+    outs = model(x)
+    assert [o.shape for o in outs] == [(2, 4, 96, 128), (2, 4, 24, 32), (2, 4, 12, 16), (2, 4, 6, 8)]
+    sum(o.mean() for o in outs).backward()
+    assert all(p.grad is not None for p in model.decoder.aux_heads.parameters())
+    model.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
+    model.eval()
+    with torch.no_grad():
+        single = model(x)
+        model.decoder.deep_supervision = True
+        assert torch.equal(model(x)[0], single)
+
+
+def test_encoder_returns_nchw_skips_then_bottleneck():
+    model = SwinUnet(3, 2).eval()  # eval: drop path off, so both calls compute the same
+    feats = model.encoder(torch.randn(1, 3, 224, 160))
+    assert [tuple(f.shape) for f in feats] == [(1, 96, 56, 40), (1, 192, 28, 20), (1, 384, 14, 10), (1, 768, 7, 5)]
+    assert torch.equal(model.decoder(feats), model.decoder.forward_tokens([f.permute(0, 2, 3, 1) for f in feats]))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 160)])
+def test_fused_attention_equals_explicit_formula(size):
+    model = SwinUnet(1, 3, **SMALL).eval()
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        fused = model(x)
+        model.set_fused_attention(False)
+        explicit = model(x)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_attention_gradients_equal_explicit():
+    model = SwinUnet(1, 3, **SMALL)
+    x = torch.randn(1, 1, 64, 96)
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        model.set_fused_attention(fused)
+        model(x).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_window_geometry_follows_the_official_clamp():
+    assert window_geometry(56, 7, True) == (7, 3)
+    assert window_geometry(7, 7, True) == (7, 0)  # equality counts: a 7x7 bottleneck is global, unshifted
+    assert window_geometry(5, 7, True) == (5, 0)
+    assert window_geometry(14, 7, False) == (7, 0)
+
+
+def test_shift_mask_matches_the_official_three_bands():
+    """At sizes the official code accepts, our mask equals its [0,H-M), [H-M,H-s), [H-s,H) labelling."""
+    h, m, s = 28, 7, 3
+    labels = torch.zeros(h, h)
+    cnt = 0
+    for hs in (slice(0, h - m), slice(h - m, h - s), slice(h - s, None)):
+        for ws in (slice(0, h - m), slice(h - m, h - s), slice(h - s, None)):
+            labels[hs, ws] = cnt
+            cnt += 1
+    win = labels.view(h // m, m, h // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)
+    official = (win[:, None, :] != win[:, :, None]).float() * -100.0
+    assert torch.equal(attention_mask(h, h, m, m, s, s, torch.device("cpu")), official)
+    assert attention_mask(h, h, m, m, 0, 0, torch.device("cpu")) is None  # tiling and unshifted: no mask
+
+
+def _garbage_pad(x, pad, *args, **kwargs):
+    """F.pad that fills with large random values instead of zeros."""
+    out = F.pad(x, pad, *args, **kwargs)
+    filler = torch.randn_like(out) * 100
+    real = F.pad(torch.ones_like(x), pad)
+    return torch.where(real > 0, out, filler)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_padding_tokens_do_not_change_real_tokens(monkeypatch, shifted):
+    block = SwinBlock(16, 2, window_size=7, shifted=shifted).eval()
+    x = torch.randn(2, 10, 12, 16)  # 10x12 does not tile 7x7 windows: padded to 14x14
+    with torch.no_grad():
+        reference = block(x)
+        monkeypatch.setattr(network, "F", types.SimpleNamespace(**{**vars(F), "pad": _garbage_pad}))
+        assert torch.allclose(block(x), reference, atol=1e-5)
+        # the test can fail: without the padding mask the garbage leaks into real tokens
+        unmasked = lambda *a: (lambda m: None if m is None else m.clamp(min=-100.0))(attention_mask(*a))
+        monkeypatch.setattr(network, "attention_mask", unmasked)
+        block._masks.clear()
+        assert not torch.allclose(block(x), reference, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_stays_finite_under_autocast(dtype, fused):
+    """Logits far beyond fp16's range (65504) must not become inf/NaN under autocast."""
+    model = SwinUnet(1, 2, fused_attention=fused, **SMALL).eval()
+    block = model.encoder.stages[0].blocks[0]
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        for b in model.encoder.stages[0].blocks:
+            b.attn.qkv.weight.mul_(3000.0)
+        # the test bites: these logits overflow when computed naively in fp16
+        qkv = block.attn.qkv(block.norm1(model.encoder.patch_embed(x))).flatten(0, 2).half()
+        assert torch.isinf((qkv[:, :24] * 24**-0.5) @ qkv[:, 24:48].T).any()
+        with torch.autocast("cpu", dtype=dtype):
+            y = model(x)
+    assert torch.isfinite(y).all()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = torch.randn(1, 1, 64, 64)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(1)
+        model = SwinUnet(1, 2, gradient_checkpointing=ckpt, **SMALL)
+        model(x).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((1, 1, 100, 64), r"H=100 \(nearest: 96 or 128\)"),
+    ((1, 1, 64, 70), r"W=70 \(nearest: 64 or 96\)"),
+    ((1, 3, 64, 64), "3 channels but the network was built for input_channels=1"),
+    ((1, 1, 64), r"expects \(B, C, H, W\)"),
+])
+def test_bad_inputs_say_what_would_work(shape, message):
+    with pytest.raises(ValueError, match=message):
+        SwinUnet(1, 2, **SMALL)(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_skips=4), "num_skips must be 0, 1, 2 or 3"),
+    (dict(upsampling="nearest"), "upsampling must be one of"),
+    (dict(depths=(2, 2, 2)), "need 4 entries"),
+    (dict(num_heads=(5, 6, 12, 24)), r"not divisible by num_heads\[0\]=5"),
+    (dict(drop_path_rate=1.5), r"drop_path_rate must be in \[0, 1\)"),
+])
+def test_bad_options_raise(options, message):
+    with pytest.raises(ValueError, match=message):
+        SwinUnet(1, 2, **options)
+
+
+def test_window_8_suits_power_of_two_patches():
+    model = SwinUnet(1, 2, window_size=8, **SMALL)
+    assert model(torch.randn(1, 1, 256, 256)).shape == (1, 2, 256, 256)
+    assert model.encoder.stages[0].blocks[0].attn.relative_position_bias_table.shape == (225, 1)
+
+
+def test_built_by_nnunet_from_a_plans_entry():
+    """nnU-Net's get_network_from_plans locates the class by its dotted name and passes JSON kwargs."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch_kwargs = dict(embed_dim=24, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=8, num_skips=2)
+    model = get_network_from_plans("nnunet_swin.SwinUnet", arch_kwargs, [], input_channels=1, output_channels=3,
+                                   deep_supervision=True)
+    assert isinstance(model, SwinUnet) and model.decoder.deep_supervision and model.decoder.num_skips == 2
+    assert [o.shape[-1] for o in model(torch.randn(1, 1, 64, 64))] == [64, 16, 8, 4]
+
+
+def test_network_module_does_not_import_nnunet():
+    code = "import sys, nnunet_swin.network, nnunet_swin.weights; print('nnunetv2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
