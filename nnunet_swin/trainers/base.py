@@ -1,0 +1,363 @@
+"""The recipe every Swin-Unet trainer shares; the variants in ``nnunet_swin.trainers.variants`` only flip
+class attributes.
+
+What this adds to nnU-Net's ``nnUNetTrainer``:
+
+* Patch size: the plan's 2D patch is rounded up, per axis, to a multiple of 32 (4 x 2^3, what the
+  network takes) inside ``__init__`` *before* nnU-Net deep-copies the plans, so ``plans.json`` in the
+  results folder, the final validation, ``nnUNetv2_predict``, ensembling and export all see the same size.
+* The network is built from class attributes in ``build_network_architecture`` (a classmethod with
+  nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class name alone).
+* Deep supervision at the network's own scales (1, 1/4, 1/8, 1/16) with nnU-Net's loss weighting, or
+  off (``deep_supervision = False``) with ``set_deep_supervision_enabled`` turned into a no-op.
+* A transformer recipe: AdamW (lr 3e-4, wd 5e-2 except norms, biases and position tables), linear
+  warm-up over the first 5 % of epochs (Primus: 50 of 1000), poly decay, gradient clipping at 1.
+  ``recipe = "sgd"`` gives the paper's SGD (lr 0.05, momentum 0.9, wd 1e-4, poly 0.9).
+* Mixed precision: bf16 autocast on CUDA GPUs that support it, fp32 otherwise; never fp16 with a
+  GradScaler (fp16 overflows in Swin attention).
+* Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
+  explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
+* 3D configurations are refused with an error naming the configurations that work.
+* ImageNet initialisation (``imagenet_pretrained = True``) at the start of a fresh training, never in
+  ``build_network_architecture`` (which also runs at inference).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.optim.lr_scheduler import _LRScheduler
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunet_swin.network import SwinUnet
+
+#: The network's input sides must be multiples of this (patch embedding 4 x three 2x merges).
+SIZE_MULTIPLE = 32
+#: Deep-supervision output scales of SwinUnet relative to the patch, highest resolution first.
+DS_SCALES = (1.0, 1 / 4, 1 / 8, 1 / 16)
+#: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
+PRETRAINED_ENV = "NNUNET_SWIN_PRETRAINED"
+#: timm model whose cached weights the IN1k trainers use when the variable is unset.
+PRETRAINED_TIMM_NAME = "swin_tiny_patch4_window7_224.ms_in1k"
+
+
+class UnsupportedConfigurationError(ValueError):
+    """Raised for configurations Swin-Unet (a 2D network) cannot train, e.g. 3d_fullres."""
+
+
+def round_patch_size(patch_size, multiple: int = SIZE_MULTIPLE) -> list[int]:
+    """Round every side up to a multiple of ``multiple`` (never smaller than planned)."""
+    return [int(math.ceil(int(s) / multiple) * multiple) for s in patch_size]
+
+
+def two_d_configurations(plans: dict) -> list[str]:
+    """Names of the configurations in ``plans`` whose patch is 2D (what Swin-Unet can train)."""
+    pm = PlansManager(plans)
+    names = []
+    for name in plans.get("configurations", {}):
+        try:
+            if len(pm.get_configuration(name).patch_size) == 2:
+                names.append(name)
+        except Exception:  # a broken or partial configuration is simply not offered
+            continue
+    return names
+
+
+def _unsupported(configuration: str, plans: dict | None, dims: int) -> UnsupportedConfigurationError:
+    supported = two_d_configurations(plans) if plans is not None else ["2d"]
+    return UnsupportedConfigurationError(
+        f"Swin-Unet is a 2D network: configuration {configuration!r} has a {dims}D patch. Supported "
+        f"configurations: {', '.join(supported) or '2d'} (e.g. `nnUNetv2_train DATASET 2d FOLD -tr ...`). "
+        f"3d_fullres / 3d_lowres / 3d_cascade_fullres are not supported by the Swin-Unet trainers."
+    )
+
+
+class WarmupPolyLRScheduler(_LRScheduler):
+    """Linear warm-up over ``warmup_steps`` then poly decay to 0 at ``max_steps``, stepped with the
+    epoch number as nnU-Net does (``lr_scheduler.step(current_epoch)``), so it is stateless and a
+    resumed training (``--c``) lands on the right learning rate by itself."""
+
+    def __init__(self, optimizer, initial_lr: float, max_steps: int, warmup_steps: int = 0, exponent: float = 0.9):
+        self.initial_lr = initial_lr
+        self.max_steps = max_steps
+        self.warmup_steps = warmup_steps
+        self.exponent = exponent
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.initial_lr * (step + 1) / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / span)
+        return self.initial_lr * (1 - frac) ** self.exponent
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.lr_at(int(current_step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim <= 1 or "relative_position_bias_table" in name or name.endswith(".bias")
+
+
+def _prefer_bf16_autocast() -> torch.dtype | None:
+    """On CUDA with bf16 support make bf16 the autocast dtype of this process (nnU-Net's own
+    validation and its predictor call ``autocast('cuda')`` without a dtype) and return it; else None."""
+    if not torch.cuda.is_available():
+        return None
+    if not torch.cuda.is_bf16_supported():
+        return None
+    torch.set_autocast_dtype("cuda", torch.bfloat16)
+    return torch.bfloat16
+
+
+class AbstractSwinUnetTrainer(nnUNetTrainer):
+    """The Swin-Unet recipe for nnU-Net v2. Not meant to be run itself: use ``nnUNetTrainerSwinUnet`` or
+    one of its variants. A variant sets class attributes; a user's subclass may do the same (e.g. set
+    ``network_options = {"embed_dim": 48}`` or ``num_epochs`` in ``__init__``)."""
+
+    # --- network -------------------------------------------------------------------------------------
+    num_skips: int = 3
+    upsampling: str = "patch_expand"
+    #: Extra SwinUnet keyword arguments (embed_dim, depths, num_heads, window_size, drop_path_rate, ...).
+    network_options: dict[str, Any] = {}
+    # --- training recipe -----------------------------------------------------------------------------
+    #: Whether the loss supervises the 1/4, 1/8 and 1/16 outputs too (see README "Deep supervision").
+    deep_supervision: bool = False
+    recipe: str = "adamw"  # "adamw" (default transformer recipe) or "sgd" (the paper's)
+    warmup_fraction: float = 0.05  # of num_epochs, linear warm-up (AdamW recipe only)
+    max_consecutive_nonfinite: int = 25
+    #: Load ImageNet Swin-T weights into the encoder (and mirrored decoder) at the start of training.
+    imagenet_pretrained: bool = False
+
+    # ------------------------------------------------------------------------------------------------
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # Must happen before nnUNetTrainer.__init__ deep-copies the plans into its PlansManager.
+        patch_note = self._adapt_plans_for_swin(plans, configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.print_to_log_file(patch_note)
+
+        if self.recipe == "adamw":
+            self.initial_lr = 3e-4
+            self.weight_decay = 5e-2
+            self.grad_clip = 1.0
+        elif self.recipe == "sgd":
+            self.initial_lr = 0.05
+            self.weight_decay = 1e-4
+            self.grad_clip = 12.0  # nnU-Net's; the paper does not clip
+        else:
+            raise ValueError(f"recipe must be 'adamw' or 'sgd', got {self.recipe!r}")
+        self.enable_deep_supervision = bool(self.deep_supervision)
+        # Never fp16 + GradScaler for Swin: bf16 autocast where the GPU has it, fp32 otherwise.
+        self.grad_scaler = None
+        self.autocast_dtype = _prefer_bf16_autocast() if self.device.type == "cuda" else None
+        self._nonfinite_total = 0
+        self._nonfinite_in_a_row = 0
+        self._init_fingerprint: torch.Tensor | None = None
+        self.imagenet_report = None
+
+    # --- plans ---------------------------------------------------------------------------------------
+    @classmethod
+    def _adapt_plans_for_swin(cls, plans: dict, configuration: str) -> str:
+        """Round the configuration's patch to multiples of 32 in the plans dict itself; return a log line."""
+        if configuration not in plans.get("configurations", {}):
+            return f"Swin-Unet: configuration {configuration!r} not in plans; nnU-Net will complain."
+        patch = PlansManager(plans).get_configuration(configuration).patch_size
+        if len(patch) != 2:
+            raise _unsupported(configuration, plans, len(patch))
+        new = round_patch_size(patch)
+        if list(new) == [int(s) for s in patch]:
+            return (f"Swin-Unet: planned patch size {list(patch)} is already a multiple of {SIZE_MULTIPLE} "
+                    f"per axis; kept.")
+        plans["configurations"][configuration]["patch_size"] = new
+        return (f"Swin-Unet: patch size changed from the planned {list(patch)} to {new}: the network needs "
+                f"both sides divisible by {SIZE_MULTIPLE} (patch embedding 4 x three 2x patch mergings); rounded "
+                f"up so no context is lost. Written to the plans, so plans.json, validation and "
+                f"nnUNetv2_predict use {new}. Preprocessed data is unchanged (nnU-Net pads images smaller than "
+                f"the patch).")
+
+    # --- network -------------------------------------------------------------------------------------
+    @classmethod
+    def network_kwargs(cls) -> dict[str, Any]:
+        kwargs = dict(cls.network_options)
+        kwargs.setdefault("num_skips", cls.num_skips)
+        kwargs.setdefault("upsampling", cls.upsampling)
+        return kwargs
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Runs at training *and* inference (nnUNetv2_predict): builds the network only, loads no weights."""
+        patch = list(configuration_manager.patch_size)
+        if len(patch) != 2:
+            raise _unsupported(f"with patch {patch}", None, len(patch))
+        kwargs = cls.network_kwargs()
+        patch_embed = kwargs.get("patch_size", 4)
+        multiple = patch_embed * 8
+        if any(s % multiple for s in patch):
+            raise ValueError(f"{cls.__name__}: patch size {patch} is not divisible by {multiple}; these plans were "
+                             f"not written by a Swin-Unet trainer (which rounds it up to {round_patch_size(patch, multiple)}).")
+        if cls._uses_autocast_bf16():
+            _prefer_bf16_autocast()
+        return SwinUnet(num_input_channels, num_output_channels,
+                        deep_supervision=bool(enable_deep_supervision and cls.deep_supervision), **kwargs)
+
+    @staticmethod
+    def _uses_autocast_bf16() -> bool:
+        return torch.cuda.is_available()
+
+    def _unwrapped_network(self) -> nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        if isinstance(mod, OptimizedModule):
+            mod = mod._orig_mod
+        return mod
+
+    def initialize(self):
+        super().initialize()
+        net = self._unwrapped_network()
+        self._init_fingerprint = net.encoder.patch_embed.proj.weight.detach().clone() \
+            if hasattr(net.encoder, "patch_embed") and hasattr(net.encoder.patch_embed, "proj") else None
+        self.print_to_log_file(
+            f"Swin-Unet: {type(self).__name__}: network {self.network_kwargs()}, deep supervision "
+            f"{'on (scales 1, 1/4, 1/8, 1/16)' if self.enable_deep_supervision else 'off'}, recipe {self.recipe} "
+            f"(lr {self.initial_lr}, wd {self.weight_decay}, clip {self.grad_clip}), "
+            f"precision {'bf16 autocast' if self.autocast_dtype is not None else 'fp32'}, "
+            f"parameters {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M")
+
+    # --- deep supervision ----------------------------------------------------------------------------
+    def _get_deep_supervision_scales(self):
+        if not self.enable_deep_supervision:
+            return None
+        dims = len(self.configuration_manager.patch_size)
+        return [[s] * dims for s in DS_SCALES]
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        # nnU-Net calls this with True after validation whatever the trainer wants: with DS off it is a no-op.
+        if not self.enable_deep_supervision:
+            return
+        self._unwrapped_network().decoder.deep_supervision = bool(enabled)
+
+    # --- optimisation --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if not _no_weight_decay(n, p)]
+        no_decay = [p for n, p in named if _no_weight_decay(n, p)]
+        if self.recipe == "sgd":
+            groups = [{"params": decay + no_decay, "weight_decay": self.weight_decay}]
+            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9)
+            scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, 0)
+        else:
+            groups = [{"params": decay, "weight_decay": self.weight_decay},
+                      {"params": no_decay, "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999),
+                                          fused=self.device.type == "cuda")
+            warmup = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction > 0 else 0
+            scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup)
+        return optimizer, scheduler
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.autocast_dtype is not None:
+            return torch.autocast("cuda", dtype=self.autocast_dtype)
+        return dummy_context()
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        # backward even on a non-finite loss so every DDP rank takes part in the all-reduce; the
+        # non-finite gradient norm then makes every rank skip the same step.
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        loss_value = loss.detach().float().cpu().numpy()
+        if torch.isfinite(loss.detach()) and torch.isfinite(grad_norm):
+            self.optimizer.step()
+            self._nonfinite_in_a_row = 0
+            return {"loss": loss_value}
+        self._handle_nonfinite(loss_value, grad_norm)
+        return {"loss": np.array(np.nan, dtype=np.float32)}
+
+    def _handle_nonfinite(self, loss_value, grad_norm) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._nonfinite_total += 1
+        self._nonfinite_in_a_row += 1
+        what = "loss" if not np.isfinite(loss_value) else "gradient norm"
+        self.print_to_log_file(
+            f"WARNING: non-finite {what} (loss {float(loss_value)}, grad norm {float(grad_norm)}) in epoch "
+            f"{self.current_epoch}: optimizer step skipped ({self._nonfinite_in_a_row} in a row, "
+            f"{self._nonfinite_total} in total).")
+        if self._nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+            raise FloatingPointError(
+                f"{type(self).__name__}: {self._nonfinite_in_a_row} optimizer steps in a row had a non-finite "
+                f"{what}; stopping instead of training on NaNs. Try a lower learning rate, the AdamW recipe "
+                f"(nnUNetTrainerSwinUnet) rather than SGD, fp32 (unset nnUNet_compile / use a GPU with bf16), "
+                f"and check the input data for NaN/inf. Resume with `--c` from the last checkpoint.")
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        finite = [o for o in train_outputs if np.isfinite(o["loss"]).all()]
+        skipped = len(train_outputs) - len(finite)
+        if skipped:
+            self.print_to_log_file(f"{skipped} of {len(train_outputs)} steps skipped for non-finite values; "
+                                   f"the epoch's train loss is the mean of the others.")
+        super().on_train_epoch_end(finite or train_outputs)
+
+    # --- ImageNet initialisation ---------------------------------------------------------------------
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        if self.imagenet_pretrained:
+            self._maybe_load_imagenet()
+        super().on_train_start()
+
+    def _maybe_load_imagenet(self) -> None:
+        if self.current_epoch > 0:
+            self.print_to_log_file("Swin-Unet: resuming from a checkpoint; ImageNet weights not loaded.")
+            return
+        net = self._unwrapped_network()
+        fp = self._init_fingerprint
+        if fp is not None and not torch.equal(fp, net.encoder.patch_embed.proj.weight.detach()):
+            self.print_to_log_file("Swin-Unet: weights were loaded before training started (-pretrained_weights); "
+                                   "ImageNet weights not loaded over them.")
+            return
+        source = os.environ.get(PRETRAINED_ENV) or PRETRAINED_TIMM_NAME
+        try:
+            from nnunet_swin.weights import load_pretrained_encoder
+        except ImportError as e:  # pragma: no cover - depends on the installed version
+            raise RuntimeError(f"{type(self).__name__} needs nnunet_swin.weights ({e}).") from e
+        try:
+            self.imagenet_report = load_pretrained_encoder(net, source)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise RuntimeError(
+                f"{type(self).__name__} starts from ImageNet Swin-T weights but they could not be loaded from "
+                f"{source!r}: {e}\nTo get them, either\n"
+                f"  * on a machine with internet: python -c \"import timm; timm.create_model("
+                f"'{PRETRAINED_TIMM_NAME}', pretrained=True)\"  (fills timm's Hugging Face cache; copy "
+                f"~/.cache/huggingface to offline machines), or\n"
+                f"  * download swin_tiny_patch4_window7_224.pth (the official Swin-T ImageNet-1k checkpoint) "
+                f"and `export {PRETRAINED_ENV}=/path/to/swin_tiny_patch4_window7_224.pth`.\n"
+                f"Or train from scratch with nnUNetTrainerSwinUnet.") from e
+        self.print_to_log_file(f"Swin-Unet: ImageNet weights loaded from {source}: {self.imagenet_report}")
