@@ -1,0 +1,675 @@
+"""A small, generic job runner for nnU-Net trainings (shared by the skip ablation and the benchmarks).
+
+A *job* is one ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS --npz`` run. The runner
+
+* decides per job what is still to do from nnU-Net's own result folder
+  (``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<f>``):
+
+  ================================================  =======================================
+  folder holds                                      what runs
+  ================================================  =======================================
+  ``checkpoint_final.pth`` + ``validation/summary.json``  nothing (already complete)
+  ``checkpoint_final.pth`` only                     ``nnUNetv2_train ... --val --npz``
+  ``checkpoint_latest.pth``                         ``nnUNetv2_train ... --npz --c``
+  nothing                                           ``nnUNetv2_train ... --npz``
+  ================================================  =======================================
+
+* runs the jobs locally, one after the other on ``device='cpu'`` (or a single ``cuda``), or queued with
+  one run per GPU at a time (``gpus=[0, 1, ...]``, each run sees only its GPU through
+  ``CUDA_VISIBLE_DEVICES``);
+* keeps going when a run fails, prints the tail of its log, and reports (exit code) whether all completed;
+* records per run the epochs trained (from nnU-Net's training log), wall time and peak GPU memory
+  (``torch.cuda.max_memory_allocated`` in the training process, when it used a GPU) in
+  ``<out>/runs/<job>.json``, from which :func:`write_runs_csv` writes ``runs.csv``;
+* or writes a SLURM script (:func:`write_slurm_script`): a job array with one task per job and a
+  dependent (``--dependency=afterok:``) aggregation job.
+
+The training process is nnU-Net's own entry point (``nnunetv2.run.run_training.run_training_entry``, what
+the ``nnUNetv2_train`` console script calls) started as ``python -m nnunet_swin.experiments.runner train
+-- <nnUNetv2_train arguments>``, a wrapper that only adds the peak-GPU-memory record.
+
+Only the standard library is imported at module level (torch / nnU-Net only inside the training process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+TRAIN_PROGRAM = "nnUNetv2_train"
+NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+#: Extra environment variables passed on to SLURM jobs when set here.
+PASSED_ENV_VARS = NNUNET_PATH_VARS + ("nnUNet_extTrainer", "nnUNet_n_proc_DA", "nnUNet_def_n_proc",
+                                      "nnUNet_compile", "NNUNET_SWIN_PRETRAINED")
+
+# States of a job's result folder, see the module docstring.
+COMPLETE = "complete"
+NEEDS_VALIDATION = "needs_validation"
+RESUME = "resume"
+FRESH = "fresh"
+
+
+# --- small utilities ---------------------------------------------------------------------------------
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Write ``data`` to a temp file in ``path``'s directory, then ``os.replace`` it onto ``path``, so a
+    reader (or an interruption) never sees a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _csv_value(row.get(c)) for c in columns})
+    return buf.getvalue()
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.6g}"  # NaN -> empty
+    return v
+
+
+def _env_path(var: str, environ=None) -> str:
+    environ = os.environ if environ is None else environ
+    value = environ.get(var)
+    if not value:
+        raise RuntimeError(f"{var} is not set; nnU-Net needs nnUNet_raw, nnUNet_preprocessed and nnUNet_results "
+                           f"(see nnU-Net's documentation/set_environment_variables.md).")
+    return value
+
+
+def resolve_dataset_name(dataset: str | int, environ=None) -> str:
+    """``Dataset123_Name`` for an id or name, looked up in nnUNet_preprocessed, nnUNet_results and
+    nnUNet_raw *as they are now* (nnunetv2.paths reads them once at import time)."""
+    environ = os.environ if environ is None else environ
+    dataset = str(dataset)
+    if dataset.startswith("Dataset"):
+        return dataset
+    try:
+        ident = int(dataset)
+    except ValueError:
+        raise ValueError(f"dataset must be an integer id or a name like Dataset123_Name, got {dataset!r}") from None
+    prefix = f"Dataset{ident:03d}_"
+    for var in ("nnUNet_preprocessed", "nnUNet_results", "nnUNet_raw"):
+        root = environ.get(var)
+        if root and os.path.isdir(root):
+            hits = sorted(d for d in os.listdir(root) if d.startswith(prefix) and os.path.isdir(os.path.join(root, d)))
+            if len(hits) > 1:
+                raise RuntimeError(f"more than one data set with id {ident} in {root}: {hits}")
+            if hits:
+                return hits[0]
+    raise RuntimeError(f"no data set with id {ident} (Dataset{ident:03d}_*) in nnUNet_preprocessed, nnUNet_results "
+                       f"or nnUNet_raw; run nnUNetv2_plan_and_preprocess -d {ident} first.")
+
+
+# --- jobs --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """One nnU-Net training: the result folder nnU-Net writes is fully determined by these fields."""
+
+    dataset: str
+    configuration: str
+    fold: str
+    trainer: str
+    plans: str = "nnUNetPlans"
+    #: Ordered (name, value) pairs that become extra columns of runs.csv, e.g. (("skips", 2),).
+    tags: tuple = ()
+    #: Extra nnUNetv2_train arguments, e.g. ("-pretrained_weights", "/x.pth").
+    extra_args: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "dataset", str(self.dataset))
+        object.__setattr__(self, "fold", str(self.fold))
+
+    @property
+    def model_folder_name(self) -> str:
+        return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+    @property
+    def name(self) -> str:
+        """Unique, file-name safe id of the job (used for logs and records)."""
+        ds = re.sub(r"[^A-Za-z0-9_.-]", "_", self.dataset)
+        return f"{ds}__{self.model_folder_name}__fold_{self.fold}"
+
+    def fold_dir(self, environ=None) -> str:
+        return os.path.join(_env_path("nnUNet_results", environ), resolve_dataset_name(self.dataset, environ),
+                            self.model_folder_name, f"fold_{self.fold}")
+
+    def tag_dict(self) -> dict:
+        return dict(self.tags)
+
+
+def fold_state(fold_dir: str) -> str:
+    """What nnU-Net's result folder says about a run: COMPLETE, NEEDS_VALIDATION, RESUME or FRESH."""
+    final = os.path.isfile(os.path.join(fold_dir, "checkpoint_final.pth"))
+    summary = os.path.isfile(os.path.join(fold_dir, "validation", "summary.json"))
+    if final and summary:
+        return COMPLETE
+    if final:
+        return NEEDS_VALIDATION
+    if os.path.isfile(os.path.join(fold_dir, "checkpoint_latest.pth")):
+        return RESUME
+    return FRESH
+
+
+def train_args(job: Job, device: str, state: str = FRESH) -> list[str]:
+    """The nnUNetv2_train arguments (without the program name) that bring ``job`` from ``state`` to done."""
+    args = [job.dataset, job.configuration, job.fold, "-tr", job.trainer, "-p", job.plans, "--npz",
+            "-device", device, *job.extra_args]
+    if state == RESUME:
+        args.append("--c")
+    elif state == NEEDS_VALIDATION:
+        args.append("--val")
+    return args
+
+
+@dataclass
+class PlannedRun:
+    job: Job
+    state: str
+    args: list[str]  # nnUNetv2_train arguments; empty when COMPLETE
+    gpu: str | None = None
+
+    def command(self) -> str:
+        """The shell command a user would type for this run ('' when there is nothing to run)."""
+        if self.state == COMPLETE:
+            return ""
+        prefix = f"CUDA_VISIBLE_DEVICES={self.gpu} " if self.gpu is not None else ""
+        return prefix + shlex.join([TRAIN_PROGRAM, *self.args])
+
+
+def plan_runs(jobs: Iterable[Job], device: str, environ=None) -> list[PlannedRun]:
+    planned = []
+    for job in jobs:
+        state = fold_state(job.fold_dir(environ))
+        planned.append(PlannedRun(job, state, [] if state == COMPLETE else train_args(job, device, state)))
+    return planned
+
+
+# --- records -----------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    job: Job
+    status: str  # "completed", "already_complete", "failed", "dry_run"
+    state_before: str = FRESH
+    returncode: int | None = None
+    wall_time_s: float | None = None
+    epochs: int | None = None
+    peak_gpu_mem_mb: float | None = None
+    gpu: str | None = None
+    command: str = ""
+    log: str = ""
+    error: str = ""
+    fold_dir: str = ""
+    finished_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "already_complete", "dry_run")
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("status", "state_before", "returncode", "wall_time_s", "epochs",
+                                           "peak_gpu_mem_mb", "gpu", "command", "log", "error", "fold_dir",
+                                           "finished_at")}
+        d["job"] = {"dataset": self.job.dataset, "configuration": self.job.configuration, "fold": self.job.fold,
+                    "trainer": self.job.trainer, "plans": self.job.plans, "tags": [list(t) for t in self.job.tags],
+                    "extra_args": list(self.job.extra_args)}
+        return d
+
+
+RUN_COLUMNS = ("dataset", "configuration", "plans", "trainer", "fold", "status", "state_before", "returncode",
+               "epochs", "wall_time_s", "peak_gpu_mem_mb", "gpu", "fold_dir", "log", "command", "error",
+               "finished_at")
+
+
+def record_path(records_dir: str, job: Job) -> str:
+    return os.path.join(records_dir, job.name + ".json")
+
+
+def load_record(records_dir: str, job: Job) -> dict | None:
+    path = record_path(records_dir, job)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def save_record(records_dir: str, record: RunRecord) -> None:
+    atomic_write(record_path(records_dir, record.job), json.dumps(record.to_dict(), indent=2))
+
+
+def epochs_from_logs(fold_dir: str) -> int | None:
+    """Number of epochs trained, from nnU-Net's ``training_log_*.txt`` ("...: Epoch N" lines), over all
+    the logs of the folder (a resumed run writes a new log)."""
+    best = None
+    try:
+        names = [n for n in os.listdir(fold_dir) if n.startswith("training_log") and n.endswith(".txt")]
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(fold_dir, name), errors="replace") as f:
+                for line in f:
+                    m = re.search(r":\s*Epoch (\d+)\s*$", line)
+                    if m:
+                        best = max(best or 0, int(m.group(1)) + 1)
+        except OSError:
+            continue
+    return best
+
+
+def log_tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def write_runs_csv(path: str, records: Sequence[RunRecord | dict], tag_names: Sequence[str] = ()) -> None:
+    """runs.csv: one row per job (tags first), written atomically."""
+    rows = []
+    for r in records:
+        d = r.to_dict() if isinstance(r, RunRecord) else dict(r)
+        job = d.pop("job")
+        row = {**{k: v for k, v in job.get("tags", [])}, "dataset": job["dataset"],
+               "configuration": job["configuration"], "plans": job["plans"], "trainer": job["trainer"],
+               "fold": job["fold"], **d}
+        if row.get("error"):
+            row["error"] = " | ".join(str(row["error"]).strip().splitlines()[-3:])
+        rows.append(row)
+    atomic_write(path, csv_text(rows, [*tag_names, *RUN_COLUMNS]))
+
+
+# --- running -----------------------------------------------------------------------------------------
+def _child_env(base: dict | None, gpu: str | None) -> dict:
+    env = dict(os.environ if base is None else base)
+    # The training process must import this very nnunet_swin (for the wrapper and the plugin trainers).
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    try:  # let nnU-Net find the plugin's trainers even without the .pth hook (editable / dev installs)
+        from nnunet_swin.registration import ENV_VAR, append_to_env
+
+        env[ENV_VAR] = append_to_env(env.get(ENV_VAR))
+    except Exception:  # pragma: no cover - registration module missing or changed
+        pass
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return env
+
+
+def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | None = None, environ=None,
+            log_tail_lines: int = 40, echo: Callable[[str], None] = print) -> RunRecord:
+    """Bring one job to completion (or report why not); writes its record JSON and returns it."""
+    environ = os.environ if environ is None else environ
+    fold_dir = job.fold_dir(environ)
+    state = fold_state(fold_dir)
+    if state == COMPLETE:
+        prev = load_record(records_dir, job) or {}
+        rec = RunRecord(job, "already_complete", COMPLETE, prev.get("returncode"), prev.get("wall_time_s"),
+                        epochs_from_logs(fold_dir) or prev.get("epochs"), prev.get("peak_gpu_mem_mb"),
+                        prev.get("gpu"), prev.get("command", ""), prev.get("log", ""), "", fold_dir,
+                        prev.get("finished_at", ""))
+        save_record(records_dir, rec)
+        echo(f"[skip] {job.name}: already complete")
+        return rec
+
+    args = train_args(job, device, state)
+    planned = PlannedRun(job, state, args, gpu)
+    os.makedirs(logs_dir, exist_ok=True)
+    log_path = os.path.join(logs_dir, job.name + ".log")
+    fd, mem_file = tempfile.mkstemp(prefix=job.name + ".", suffix=".mem.json", dir=records_dir)
+    os.close(fd)
+    os.unlink(mem_file)
+    cmd = [sys.executable, "-m", "nnunet_swin.experiments.runner", "train", "--record", mem_file, "--", *args]
+    echo(f"[run{'' if gpu is None else ' gpu ' + str(gpu)}] {planned.command()}")
+    t0 = time.time()
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {planned.command()}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(environ, gpu),
+                                stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    wall = time.time() - t0
+    peak = None
+    try:
+        with open(mem_file) as f:
+            peak = json.load(f).get("peak_gpu_mem_mb")
+        os.unlink(mem_file)
+    except (OSError, ValueError):
+        pass
+    prev = load_record(records_dir, job) or {}
+    if state in (RESUME, NEEDS_VALIDATION) and prev.get("wall_time_s"):
+        wall += float(prev["wall_time_s"])  # total over the interrupted and the resumed part
+    if peak is not None and prev.get("peak_gpu_mem_mb") and state != FRESH:
+        peak = max(peak, float(prev["peak_gpu_mem_mb"]))
+    after = fold_state(fold_dir)
+    error = ""
+    if rc != 0:
+        status = "failed"
+        error = log_tail(log_path, log_tail_lines)
+    elif after != COMPLETE:
+        status = "failed"
+        error = (f"nnUNetv2_train exited 0 but {fold_dir} lacks checkpoint_final.pth or validation/summary.json.\n"
+                 + log_tail(log_path, log_tail_lines))
+    else:
+        status = "completed"
+    rec = RunRecord(job, status, state, rc, round(wall, 1), epochs_from_logs(fold_dir), peak, gpu,
+                    planned.command(), log_path, error, fold_dir, time.strftime("%Y-%m-%d %H:%M:%S"))
+    save_record(records_dir, rec)
+    if status == "failed":
+        echo(f"[FAILED] {job.name} (exit code {rc}); last lines of {log_path}:\n{_indent(error)}")
+    else:
+        echo(f"[done] {job.name} in {wall:.0f} s" + (f", peak GPU memory {peak:.0f} MiB" if peak else ""))
+    return rec
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip().splitlines())
+
+
+@dataclass
+class RunReport:
+    records: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def all_ok(self) -> bool:
+        return all(r.ok for r in self.records)
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        return [r for r in self.records if not r.ok]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.all_ok else 1
+
+
+def parse_gpus(gpus: str | Sequence | None) -> list[str] | None:
+    if gpus is None or gpus == "":
+        return None
+    if isinstance(gpus, str):
+        gpus = [g for g in gpus.replace(" ", "").split(",") if g]
+    out = [str(g) for g in gpus]
+    if len(set(out)) != len(out):
+        raise ValueError(f"--gpus lists a GPU twice: {out}")
+    return out or None
+
+
+def run_jobs(jobs: Sequence[Job], out_dir: str, device: str = "cuda", gpus: str | Sequence | None = None,
+             dry_run: bool = False, environ=None, log_tail_lines: int = 40,
+             echo: Callable[[str], None] = print) -> RunReport:
+    """Run ``jobs`` locally: sequentially, or with ``gpus`` one run per GPU at a time (queued).
+
+    Logs go to ``<out_dir>/logs/<job>.log``, records to ``<out_dir>/runs/<job>.json``. With ``dry_run`` the
+    nnUNetv2_train commands are printed (and returned as records with status "dry_run"), nothing runs."""
+    environ = os.environ if environ is None else environ
+    gpu_list = parse_gpus(gpus)
+    if gpu_list and device != "cuda":
+        raise ValueError(f"--gpus needs --device cuda (got --device {device})")
+    report = RunReport()
+    if dry_run:
+        planned = plan_runs(jobs, device, environ)
+        for i, p in enumerate(planned):
+            if gpu_list:
+                p.gpu = gpu_list[i % len(gpu_list)]
+            cmd = p.command()
+            echo(cmd if cmd else f"# {p.job.name}: already complete, nothing to run")
+            report.records.append(RunRecord(p.job, "dry_run", p.state, command=cmd, fold_dir=p.job.fold_dir(environ)))
+        return report
+
+    records_dir = os.path.join(out_dir, "runs")
+    logs_dir = os.path.join(out_dir, "logs")
+    os.makedirs(records_dir, exist_ok=True)
+    results: dict[int, RunRecord] = {}
+
+    def guarded(i: int, job: Job, gpu: str | None):
+        try:
+            results[i] = run_one(job, device, records_dir, logs_dir, gpu, environ, log_tail_lines, echo)
+        except Exception as e:  # a broken job (e.g. unknown dataset) must not stop the others
+            rec = RunRecord(job, "failed", error=f"{type(e).__name__}: {e}")
+            results[i] = rec
+            echo(f"[FAILED] {job.name}: {type(e).__name__}: {e}")
+
+    if not gpu_list:
+        for i, job in enumerate(jobs):
+            guarded(i, job, None)
+    else:
+        todo: queue.Queue = queue.Queue()
+        for item in enumerate(jobs):
+            todo.put(item)
+        lock = threading.Lock()
+        plain_echo = echo
+
+        def locked_echo(msg: str):
+            with lock:
+                plain_echo(msg)
+
+        echo = locked_echo
+
+        def worker(gpu: str):
+            while True:
+                try:
+                    i, job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                guarded(i, job, gpu)
+
+        threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in gpu_list]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    report.records = [results[i] for i in range(len(jobs))]
+    return report
+
+
+def summarize_report(report: RunReport) -> str:
+    n = len(report.records)
+    counts: dict[str, int] = {}
+    for r in report.records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    lines = [f"{n} runs: {parts}"]
+    for r in report.failed:
+        lines.append(f"  FAILED {r.job.name}: see {r.log or '(no log)'}")
+    return "\n".join(lines)
+
+
+# --- SLURM -------------------------------------------------------------------------------------------
+def _job_cli_args(job: Job) -> list[str]:
+    args = ["--dataset", job.dataset, "--configuration", job.configuration, "--fold", job.fold,
+            "--trainer", job.trainer, "--plans", job.plans]
+    for k, v in job.tags:
+        args += ["--tag", f"{k}={v}"]
+    for a in job.extra_args:
+        args += [f"--extra-arg={a}"]
+    return args
+
+
+def write_slurm_script(path: str, jobs: Sequence[Job], out_dir: str, aggregate_command: Sequence[str] | None = None,
+                       device: str = "cuda", job_name: str = "nnunet", sbatch_options: Sequence[str] = (),
+                       aggregate_sbatch_options: Sequence[str] = ("--cpus-per-task=4",),
+                       python: str | None = None, environ=None, max_parallel: int | None = None) -> str:
+    """Write a bash script that, run with ``bash path`` on the cluster's login node, submits
+
+    1. a job array with one task per job (index i runs ``jobs[i]``, with the resume logic of
+       :func:`run_one`: complete runs are skipped, interrupted ones continue with ``--c``), and
+    2. the aggregation job (``aggregate_command``), ``--dependency=afterok:<array id>``.
+
+    ``sbatch_options`` are extra ``sbatch`` options for the array tasks (e.g. ``--time=24:00:00``,
+    ``--partition=gpu``); ``--gres=gpu:1`` is added for ``device='cuda'`` unless a ``--gres`` is given.
+    Returns the script text."""
+    if not jobs:
+        raise ValueError("no jobs to write a SLURM script for")
+    environ = os.environ if environ is None else environ
+    python = python or sys.executable
+    out_dir = os.path.abspath(out_dir)
+    opts = list(sbatch_options)
+    if device == "cuda" and not any(o.startswith("--gres") for o in opts):
+        opts.append("--gres=gpu:1")
+    n = len(jobs)
+    array = f"0-{n - 1}" + (f"%{max_parallel}" if max_parallel else "")
+    log_dir = os.path.join(out_dir, "slurm_logs")
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    q = shlex.quote
+
+    exports = [f"export {v}={q(environ[v])}" for v in PASSED_ENV_VARS if environ.get(v)]
+    exports.append(f"export PYTHONPATH={q(pkg_parent)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"")
+    env_block = "\n".join(exports)
+
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Written by nnunet_swin.experiments.runner on {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        f"# Submit with:  bash {q(os.path.abspath(path))}      (runs sbatch twice; do not sbatch this file)",
+        f"# Array: {n} tasks, one per run; aggregation job afterwards (afterok on the whole array).",
+        "# A task whose nnU-Net result folder is complete does nothing; an interrupted one continues (--c).",
+        "# Task -> equivalent nnU-Net command:",
+    ]
+    for i, job in enumerate(jobs):
+        lines.append(f"#   {i}: {shlex.join([TRAIN_PROGRAM, *train_args(job, device)])}")
+    lines += [
+        "set -euo pipefail",
+        f"mkdir -p {q(log_dir)}",
+        "",
+        f"ARRAY_ID=$(sbatch --parsable --job-name={q(job_name)} --array={array} "
+        f"--output={q(os.path.join(log_dir, job_name + '_%A_%a.log'))} "
+        + " ".join(q(o) for o in opts) + " <<'NNUNET_ARRAY'",
+        "#!/usr/bin/env bash",
+        "set -euo pipefail",
+        env_block,
+        'case "${SLURM_ARRAY_TASK_ID}" in',
+    ]
+    for i, job in enumerate(jobs):
+        cmd = [python, "-m", "nnunet_swin.experiments.runner", "run-job", "--out", out_dir, "--device", device,
+               *_job_cli_args(job)]
+        lines.append(f"  {i}) exec {shlex.join(cmd)} ;;")
+    lines += [
+        '  *) echo "unknown array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;',
+        "esac",
+        "NNUNET_ARRAY",
+        ")",
+        'ARRAY_ID="${ARRAY_ID%%;*}"',
+        'echo "submitted array job ${ARRAY_ID} (' + str(n) + ' tasks)"',
+    ]
+    if aggregate_command:
+        lines += [
+            f"AGG_ID=$(sbatch --parsable --job-name={q(job_name + '_aggregate')} "
+            f"--dependency=afterok:${{ARRAY_ID}} "
+            f"--output={q(os.path.join(log_dir, job_name + '_aggregate_%j.log'))} "
+            + " ".join(q(o) for o in aggregate_sbatch_options) + " <<'NNUNET_AGGREGATE'",
+            "#!/usr/bin/env bash",
+            "set -euo pipefail",
+            env_block,
+            "exec " + shlex.join(list(aggregate_command)),
+            "NNUNET_AGGREGATE",
+            ")",
+            'echo "submitted aggregation job ${AGG_ID%%;*} (runs after array ${ARRAY_ID} succeeds)"',
+        ]
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, text)
+    os.chmod(path, 0o755)
+    return text
+
+
+# --- command line (used by the SLURM tasks and as the training wrapper) -------------------------------
+def _train_main(argv: list[str]) -> int:
+    """``runner train --record FILE -- <nnUNetv2_train args>``: nnU-Net's own training entry point, plus
+    a JSON record of peak GPU memory written even when training fails."""
+    p = argparse.ArgumentParser(prog="python -m nnunet_swin.experiments.runner train")
+    p.add_argument("--record", required=True)
+    p.add_argument("nnunet_args", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    nn_args = a.nnunet_args[1:] if a.nnunet_args[:1] == ["--"] else a.nnunet_args
+    from nnunetv2.run.run_training import run_training_entry
+
+    sys.argv = [TRAIN_PROGRAM, *nn_args]
+    try:
+        run_training_entry()
+    finally:
+        peak = None
+        try:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                peak = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+        except Exception:
+            pass
+        try:
+            atomic_write(a.record, json.dumps({"peak_gpu_mem_mb": peak}))
+        except OSError:
+            pass
+    return 0
+
+
+def _run_job_main(argv: list[str]) -> int:
+    """``runner run-job --out DIR --dataset D --configuration C --fold F --trainer T [--plans P] [--tag k=v]``:
+    one job with the resume logic (what each SLURM array task runs). Exit code 0 when complete."""
+    p = argparse.ArgumentParser(prog="python -m nnunet_swin.experiments.runner run-job")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--configuration", required=True)
+    p.add_argument("--fold", required=True)
+    p.add_argument("--trainer", required=True)
+    p.add_argument("--plans", default="nnUNetPlans")
+    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--extra-arg", action="append", default=[])
+    a = p.parse_args(argv)
+    tags = tuple(tuple(t.split("=", 1)) for t in a.tag)
+    job = Job(a.dataset, a.configuration, a.fold, a.trainer, a.plans, tags, tuple(a.extra_arg))
+    rec = run_one(job, a.device, os.path.join(a.out, "runs"), os.path.join(a.out, "logs"))
+    return 0 if rec.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "run-job"):
+        print("usage: python -m nnunet_swin.experiments.runner {train,run-job} ...", file=sys.stderr)
+        return 2
+    if argv[0] == "train":
+        return _train_main(argv[1:])
+    return _run_job_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""Tests of the job runner and the skip ablation (``nnunet-swin ablate-skips``).
+
+The end-to-end tests train short Swin-Unet trainers (``MyShort_{k}skip``: tiny network, 1 epoch of 2
+iterations) through nnU-Net's own ``nnUNetv2_train`` on the CPU, on a tiny synthetic data set (8 cases of
+64 x 64, 2 folds). They share one trained ablation (module-scoped fixture). Aggregation details are tested
+on hand-made nnU-Net result folders, which is fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nnunet_swin.experiments import ablation, runner
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATASET_ID = 977
+DATASET = f"Dataset{DATASET_ID:03d}_AblTiny"
+SCRIPT = os.path.join(REPO, "scripts", "ablate_skips.py")
+
+TRAINER_MODULE = '''
+"""Short Swin-Unet trainers for the ablation tests (nnU-Net finds them through nnUNet_extTrainer)."""
+import torch
+
+from nnunet_swin.trainers import (nnUNetTrainerSwinUnet_0skip, nnUNetTrainerSwinUnet_1skip,
+                                  nnUNetTrainerSwinUnet_2skip, nnUNetTrainerSwinUnet_3skip)
+
+TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": 4,
+        "drop_path_rate": 0.0}
+
+
+class _Short:
+    network_options = TINY
+
+    # nnU-Net records the init arguments by name: keep nnUNetTrainer's exact signature.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+
+class MyShort_0skip(_Short, nnUNetTrainerSwinUnet_0skip):
+    pass
+
+
+class MyShort_1skip(_Short, nnUNetTrainerSwinUnet_1skip):
+    pass
+
+
+class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):
+    pass
+
+
+class MyShort_3skip(_Short, nnUNetTrainerSwinUnet_3skip):
+    pass
+
+
+# MyShortFail_0skip deliberately does not exist: the failed-run test asks for it.
+class MyShortFail_1skip(_Short, nnUNetTrainerSwinUnet_1skip):
+    pass
+'''
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+def _env(root: str) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": os.path.join(root, "raw"),
+        "nnUNet_preprocessed": os.path.join(root, "preprocessed"),
+        "nnUNet_results": os.path.join(root, "results"),
+        "nnUNet_extTrainer": os.path.join(root, "ext"),
+        "nnUNet_n_proc_DA": "0",     # data augmentation in the training process
+        "nnUNet_def_n_proc": "1",    # one export worker in nnU-Net's validation
+        "nnUNet_compile": "f",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    })
+    return env
+
+
+def _run(cmd, env, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _no_temp_files(folder: str) -> bool:
+    return not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+# --- the shared tiny nnU-Net set-up and trained ablation ----------------------------------------------
+@pytest.fixture(scope="module")
+def nnunet_root(tmp_path_factory):
+    """nnU-Net folders with the tiny data set planned and preprocessed (2d) and 2 folds of 4 cases."""
+    from nnunet_swin.synthetic import write_synthetic_dataset
+
+    root = str(tmp_path_factory.mktemp("abl"))
+    env = _env(root)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        os.makedirs(env[var], exist_ok=True)
+    with open(os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py"), "w") as f:
+        f.write(TRAINER_MODULE)
+    write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "AblTiny", num_train=8, num_test=0, shape=(64, 64), seed=1)
+    plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
+    proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+                 "plan_and_preprocess_entry as m; m()", "-d", str(DATASET_ID), "-c", "2d", "-np", "1"], plan_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = sorted(n[: -len(".png")] for n in os.listdir(os.path.join(env["nnUNet_raw"], DATASET, "labelsTr")))
+    splits = [{"train": cases[4:], "val": cases[:4]}, {"train": cases[:4], "val": cases[4:]}]
+    with open(os.path.join(env["nnUNet_preprocessed"], DATASET, "splits_final.json"), "w") as f:
+        json.dump(splits, f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(nnunet_root):
+    """The full ablation: 4 skip counts x 2 folds through the command-line wrapper, on the CPU."""
+    env = _env(nnunet_root)
+    out = os.path.join(nnunet_root, "ablation_out")
+    cmd = [sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
+           "--device", "cpu", "--out", out]
+    t0 = time.time()
+    first = _run(cmd, env)
+    took = time.time() - t0
+    second = _run(cmd, env)
+    return {"root": nnunet_root, "env": env, "out": out, "cmd": cmd, "first": first, "second": second, "took": took}
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+def test_full_two_fold_run_writes_the_report(trained):
+    first, out = trained["first"], trained["out"]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    for name in ("runs.csv", "per_case.csv", "summary.csv", "summary.md", "dice_vs_skips.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert _no_temp_files(out)
+
+    runs = _read_csv(os.path.join(out, "runs.csv"))
+    assert sorted((r["skips"], r["fold"]) for r in runs) == [(str(k), str(f)) for k in range(4) for f in range(2)]
+    assert {r["status"] for r in runs} == {"completed"}
+    assert all(r["epochs"] == "1" and float(r["wall_time_s"]) > 0 for r in runs)
+    assert all(r["peak_gpu_mem_mb"] == "" for r in runs)  # CPU run: not available
+
+    per_case = _read_csv(os.path.join(out, "per_case.csv"))
+    assert len(per_case) == 4 * 8 * 2  # skips x cases (4 per fold, 2 folds) x labels
+    assert {r["label"] for r in per_case} == {"disc", "bar"}
+    for r in per_case:
+        assert 0.0 <= float(r["dice"]) <= 1.0 if r["dice"] else True
+        assert r["hd95_mm"] == "" or float(r["hd95_mm"]) >= 0
+
+    summary = _read_csv(os.path.join(out, "summary.csv"))
+    assert sorted((r["skips"], r["label"]) for r in summary) == sorted(
+        (str(k), lab) for k in range(4) for lab in ("disc", "bar", "mean"))
+    for r in summary:
+        assert r["n_folds"] == "2"
+        assert r["dice_n_cases"] == "8" or int(r["dice_n_cases"]) <= 8
+        if r["skips"] != "3":
+            assert r["dice_n_pairs"] not in ("", "0")
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "Wilcoxon" in md and "empty" in md and "Mean Dice" in md
+    with open(os.path.join(out, "dice_vs_skips.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # ordinary nnU-Net results, with --npz
+    for k in range(4):
+        for fold in range(2):
+            val = os.path.join(nn_results(trained), DATASET, f"MyShort_{k}skip__nnUNetPlans__2d", f"fold_{fold}",
+                               "validation")
+            assert os.path.isfile(os.path.join(val, "summary.json"))
+            assert any(n.endswith(".npz") for n in os.listdir(val))
+
+
+def nn_results(trained) -> str:
+    return trained["env"]["nnUNet_results"]
+
+
+def test_second_call_trains_nothing(trained):
+    second = trained["second"]
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert second.stdout.count("already complete") == 8
+    assert "[run" not in second.stdout
+    runs = _read_csv(os.path.join(trained["out"], "runs.csv"))
+    assert {r["status"] for r in runs} == {"already_complete"}
+    assert all(r["wall_time_s"] and r["epochs"] == "1" for r in runs)  # kept from the first call
+
+
+def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
+    env = _env(nnunet_root)
+    out = os.path.join(nnunet_root, "dry")
+    lines = []
+    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], skips=[0, 1, 2, 3], trainer_pattern="Other_{k}skip",
+                               device="cuda", gpus="0,1", dry_run=True, out=out, environ=env, echo=lines.append)
+    assert rc == 0
+    assert len(lines) == 8
+    assert lines[0] == ("CUDA_VISIBLE_DEVICES=0 nnUNetv2_train 977 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
+                        "-device cuda")
+    assert lines[1].startswith("CUDA_VISIBLE_DEVICES=1 nnUNetv2_train 977 2d 1 -tr Other_0skip")
+    assert lines[7].endswith("977 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
+    assert not os.path.exists(out)  # a dry run writes nothing
+
+    # the console script prints the same
+    proc = _run([sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
+                 "--dry-run", "--out", out], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nnUNetv2_train 977 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu" in proc.stdout
+
+
+def test_resume_after_killed_run_uses_c(nnunet_root):
+    """A fold folder with only checkpoint_latest.pth (a killed run) continues with --c; one with a final
+    checkpoint but no validation summary only validates (--val)."""
+    env = _env(nnunet_root)
+    base = os.path.join(env["nnUNet_results"], DATASET)
+    killed = os.path.join(base, "Killed_1skip__nnUNetPlans__2d", "fold_0")
+    os.makedirs(killed, exist_ok=True)
+    open(os.path.join(killed, "checkpoint_latest.pth"), "wb").close()
+    unvalidated = os.path.join(base, "Killed_2skip__nnUNetPlans__2d", "fold_0")
+    os.makedirs(unvalidated, exist_ok=True)
+    open(os.path.join(unvalidated, "checkpoint_final.pth"), "wb").close()
+
+    jobs = ablation.build_jobs(str(DATASET_ID), folds=[0], skips=[0, 1, 2], trainer_pattern="Killed_{k}skip")
+    planned = runner.plan_runs(jobs, "cpu", env)
+    assert [p.state for p in planned] == [runner.FRESH, runner.RESUME, runner.NEEDS_VALIDATION]
+    assert "--c" not in planned[0].args and "--val" not in planned[0].args
+    assert planned[1].args[-1] == "--c" and "--npz" in planned[1].args
+    assert planned[2].args[-1] == "--val" and "--npz" in planned[2].args
+    lines = []
+    ablation.run_ablation(str(DATASET_ID), folds=[0], skips=[1], trainer_pattern="Killed_{k}skip", device="cpu",
+                          dry_run=True, out=os.path.join(nnunet_root, "dry2"), environ=env, echo=lines.append)
+    assert lines == ["nnUNetv2_train 977 2d 0 -tr Killed_1skip -p nnUNetPlans --npz -device cpu --c"]
+
+
+def test_failed_run_is_reported_and_the_others_go_on(trained):
+    """MyShortFail_0skip does not exist: its run fails with nnU-Net's error in the log tail, the 1-skip run
+    still trains, the exit code is non-zero and the report covers what completed."""
+    env = trained["env"]
+    out = os.path.join(trained["root"], "ablation_fail")
+    proc = _run([sys.executable, SCRIPT, "-d", DATASET, "--folds", "0", "--skips", "0", "1", "--trainer-pattern",
+                 "MyShortFail_{k}skip", "--device", "cpu", "--out", out], env)
+    assert proc.returncode != 0
+    assert "[FAILED]" in proc.stdout and "MyShortFail_0skip" in proc.stdout
+    assert "Could not find requested nnunet trainer" in proc.stdout or "RuntimeError" in proc.stdout  # the log tail
+    runs = {r["skips"]: r for r in _read_csv(os.path.join(out, "runs.csv"))}
+    assert runs["0"]["status"] == "failed" and runs["0"]["returncode"] not in ("", "0")
+    assert runs["1"]["status"] == "completed"
+    assert os.path.isfile(os.path.join(out, "logs", f"{DATASET}__MyShortFail_0skip__nnUNetPlans__2d__fold_0.log"))
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "Missing" in md and "MyShortFail_0skip" in md
+
+
+def test_slurm_script(nnunet_root, tmp_path):
+    env = _env(nnunet_root)
+    script = str(tmp_path / "ablate.sh")
+    out = str(tmp_path / "out")
+    lines = []
+    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1, 2], skips=[0, 1, 2, 3], slurm=script, out=out,
+                               slurm_options=["--time=12:00:00"], environ=env, echo=lines.append)
+    assert rc == 0 and os.path.isfile(script)
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    text = open(script).read()
+    assert "--array=0-11 " in text
+    for i in range(12):
+        assert f"\n  {i}) exec " in text
+    assert "\n  12) " not in text
+    # one array index per variant x fold, in the order of the jobs
+    assert "--trainer nnUNetTrainerSwinUnet_0skip --plans nnUNetPlans --tag skips=0" in text.split("\n  0) ")[1].split("\n")[0]
+    assert "--fold 2 --trainer nnUNetTrainerSwinUnet_3skip" in text.split("\n  11) ")[1].split("\n")[0]
+    assert "--dependency=afterok:${ARRAY_ID}" in text
+    assert "--aggregate-only" in text.split("NNUNET_AGGREGATE")[1]
+    assert "--gres=gpu:1" in text and "--time=12:00:00" in text
+    assert f"export nnUNet_results={env['nnUNet_results']}" in text
+
+    # run it with fake sbatch: the array is submitted first, the aggregation depends on its id
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        n=$(( $(ls "$FAKE_SBATCH_DIR" | wc -l) + 1 ))
+        { echo "$@"; cat; } > "$FAKE_SBATCH_DIR/$n.txt"
+        echo "100$n;cluster"
+        """))
+    os.chmod(bindir / "sbatch", 0o755)
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    fake_env = dict(env, PATH=f"{bindir}{os.pathsep}{env['PATH']}", FAKE_SBATCH_DIR=str(calls))
+    proc = subprocess.run(["bash", script], env=fake_env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    first, second = (calls / "1.txt").read_text(), (calls / "2.txt").read_text()
+    assert "--array=0-11" in first.splitlines()[0]
+    assert "--dependency=afterok:1001" in second.splitlines()[0]
+    assert "ablation" in second and "--aggregate-only" in second
+
+
+def test_run_job_subcommand_skips_a_complete_run(trained, tmp_path):
+    """What each SLURM array task runs: a complete run is not trained again."""
+    proc = _run([sys.executable, "-m", "nnunet_swin.experiments.runner", "run-job", "--out", str(tmp_path),
+                 "--device", "cpu", "--dataset", str(DATASET_ID), "--configuration", "2d", "--fold", "0",
+                 "--trainer", "MyShort_0skip", "--tag", "skips=0"], trained["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already complete" in proc.stdout
+    rec = json.load(open(tmp_path / "runs" / f"{DATASET}__MyShort_0skip__nnUNetPlans__2d__fold_0.json"))
+    assert rec["status"] == "already_complete"
+
+
+def test_aggregate_only_on_the_trained_ablation_matches(trained, tmp_path):
+    """--aggregate-only (the SLURM aggregation step) rebuilds the same per-case table in-process."""
+    out = str(tmp_path / "agg")
+    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], trainer_pattern="MyShort_{k}skip", device="cpu",
+                               out=out, aggregate_only=True, environ=trained["env"], echo=lambda m: None)
+    assert rc == 0
+    mine = _read_csv(os.path.join(out, "per_case.csv"))
+    theirs = _read_csv(os.path.join(trained["out"], "per_case.csv"))
+    assert mine == theirs
+
+
+# --- the GPU queue (no GPU needed: run_one is replaced) -------------------------------------------------
+def test_gpu_queue_runs_one_job_per_gpu_at_a_time(monkeypatch, tmp_path):
+    active: dict[str, int] = {}
+    seen = []
+    lock = threading.Lock()
+
+    def fake_run_one(job, device, records_dir, logs_dir, gpu=None, environ=None, log_tail_lines=40, echo=print):
+        with lock:
+            active[gpu] = active.get(gpu, 0) + 1
+            assert active[gpu] == 1, "two runs on one GPU"
+            seen.append((job.fold, gpu))
+        time.sleep(0.05)
+        with lock:
+            active[gpu] -= 1
+        status = "failed" if job.fold == "2" else "completed"
+        return runner.RunRecord(job, status, returncode=1 if status == "failed" else 0, gpu=gpu)
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    jobs = [runner.Job("Dataset001_X", "2d", f, "T") for f in range(6)]
+    report = runner.run_jobs(jobs, str(tmp_path), device="cuda", gpus="0,1", echo=lambda m: None)
+    assert [r.job.fold for r in report.records] == [str(f) for f in range(6)]
+    assert {g for _, g in seen} == {"0", "1"}
+    assert report.exit_code == 1 and [r.job.fold for r in report.failed] == ["2"]
+    with pytest.raises(ValueError):
+        runner.run_jobs(jobs, str(tmp_path), device="cpu", gpus="0")
+
+
+# --- aggregation on hand-made nnU-Net result folders (fast) -------------------------------------------
+def _fake_results(root: str, cases: dict, spacing=None, file_ending=".png", fold="0",
+                  trainers=("Fake_{k}skip",), skips=(0, 3)):
+    """Write nnU-Net-like results: per skip count k, ``cases[k][case] = (pred, ref)`` label arrays."""
+    from PIL import Image
+
+    env = {"nnUNet_raw": os.path.join(root, "raw"), "nnUNet_preprocessed": os.path.join(root, "pre"),
+           "nnUNet_results": os.path.join(root, "res")}
+    ds = "Dataset555_Fake"
+    gt = os.path.join(env["nnUNet_preprocessed"], ds, "gt_segmentations")
+    os.makedirs(gt, exist_ok=True)
+    dataset_json = {"labels": {"background": 0, "a": 1, "b": 2}, "file_ending": file_ending,
+                    "channel_names": {"0": "x"}, "numTraining": 1}
+    reader = "NaturalImage2DIO" if file_ending == ".png" else "SimpleITKIO"
+    plans = {"dataset_name": ds, "plans_name": "nnUNetPlans", "image_reader_writer": reader, "configurations": {}}
+
+    def save(arr, path):
+        if file_ending == ".png":
+            Image.fromarray(arr.astype(np.uint8)).save(path)
+        else:
+            import SimpleITK as sitk
+
+            img = sitk.GetImageFromArray(arr.astype(np.uint8))
+            img.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+            sitk.WriteImage(img, path)
+
+    for k in skips:
+        model = os.path.join(env["nnUNet_results"], ds, trainers[0].format(k=k) + "__nnUNetPlans__2d")
+        val = os.path.join(model, f"fold_{fold}", "validation")
+        os.makedirs(val, exist_ok=True)
+        open(os.path.join(model, f"fold_{fold}", "checkpoint_final.pth"), "wb").close()
+        json.dump(dataset_json, open(os.path.join(model, "dataset.json"), "w"))
+        json.dump(plans, open(os.path.join(model, "plans.json"), "w"))
+        per_case = []
+        for case, (pred, ref) in cases[k].items():
+            save(pred, os.path.join(val, case + file_ending))
+            save(ref, os.path.join(gt, case + file_ending))
+            metrics = {}
+            for lab in (1, 2):
+                tp = int(((pred == lab) & (ref == lab)).sum())
+                fp = int(((pred == lab) & (ref != lab)).sum())
+                fn = int(((pred != lab) & (ref == lab)).sum())
+                metrics[str(lab)] = {"Dice": (2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else float("nan"),
+                                     "n_pred": tp + fp, "n_ref": tp + fn}
+            per_case.append({"prediction_file": os.path.join(val, case + file_ending),
+                             "reference_file": os.path.join(gt, case + file_ending), "metrics": metrics})
+        json.dump({"metric_per_case": per_case, "mean": {}, "foreground_mean": {}},
+                  open(os.path.join(val, "summary.json"), "w"))
+    return env, ds
+
+
+def _square(shape, y0, x0, size, label):
+    a = np.zeros(shape, np.uint8)
+    a[y0:y0 + size, x0:x0 + size] = label
+    return a
+
+
+def test_aggregation_metrics_and_empty_conventions(tmp_path):
+    shape = (40, 40)
+    ref = _square(shape, 10, 10, 10, 1)  # label 2 absent from the reference in every case
+    cases = {
+        3: {"c1": (ref.copy(), ref), "c2": (ref.copy(), ref), "c3": (ref.copy(), ref), "c4": (ref.copy(), ref),
+            "c5": (ref.copy(), ref), "c6": (ref.copy(), ref)},
+        0: {"c1": (_square(shape, 12, 10, 10, 1), ref),                     # shifted by 2 px: HD95 = 2
+            "c2": (np.zeros(shape, np.uint8), ref),                         # empty prediction
+            "c3": (ref + _square(shape, 30, 30, 4, 2), ref),                # label 2 predicted, not in reference
+            "c4": (_square(shape, 11, 10, 10, 1), ref), "c5": (_square(shape, 10, 13, 10, 1), ref),
+            "c6": (_square(shape, 10, 11, 10, 1), ref)},
+    }
+    env, ds = _fake_results(str(tmp_path), cases)
+    out = str(tmp_path / "out")
+    lines = []
+    rc = ablation.run_ablation(ds, folds=[0], skips=[0, 3], trainer_pattern="Fake_{k}skip", out=out,
+                               aggregate_only=True, environ=env, echo=lines.append)
+    assert rc == 0, lines
+    rows = {(int(r["skips"]), r["case"], r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
+    assert len(rows) == 2 * 6 * 2
+    c1 = rows[(0, "c1", "a")]
+    assert float(c1["dice"]) == pytest.approx(0.8) and float(c1["hd95_mm"]) == pytest.approx(2.0)
+    assert 0 < float(c1["nsd"]) < 1
+    empty_pred = rows[(0, "c2", "a")]
+    assert float(empty_pred["dice"]) == 0.0 and float(empty_pred["nsd"]) == 0.0
+    assert float(empty_pred["hd95_mm"]) == pytest.approx(math.hypot(40, 40))  # image diagonal
+    empty_ref = rows[(0, "c3", "b")]
+    assert float(empty_ref["dice"]) == 0.0 and float(empty_ref["hd95_mm"]) == pytest.approx(math.hypot(40, 40))
+    both_empty = rows[(0, "c1", "b")]
+    assert both_empty["dice"] == "" and both_empty["hd95_mm"] == "" and both_empty["nsd"] == ""  # NaN
+    perfect = rows[(3, "c1", "a")]
+    assert float(perfect["dice"]) == 1.0 and float(perfect["hd95_mm"]) == 0.0 and float(perfect["nsd"]) == 1.0
+
+    summary = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "summary.csv"))}
+    assert set(summary) == {(k, lab) for k in (0, 3) for lab in ("a", "b", "mean")}
+    s0a = summary[(0, "a")]
+    dices = [float(rows[(0, c, "a")]["dice"]) for c in ("c1", "c2", "c3", "c4", "c5", "c6")]
+    assert float(s0a["dice_mean_cases"]) == pytest.approx(np.mean(dices), abs=1e-5)
+    assert float(s0a["dice_std_cases"]) == pytest.approx(np.std(dices, ddof=1), abs=1e-5)
+    assert s0a["dice_std_folds"] == "" and s0a["n_folds"] == "1"
+    from scipy.stats import wilcoxon
+
+    assert float(s0a["dice_wilcoxon_p_vs_ref"]) == pytest.approx(wilcoxon(dices, [1.0] * 6).pvalue, rel=1e-4)
+    assert s0a["dice_n_pairs"] == "6"
+    assert summary[(3, "a")]["dice_wilcoxon_p_vs_ref"] == ""  # the reference itself
+    assert summary[(0, "b")]["dice_n_cases"] == "1"  # only c3 has a defined Dice for b
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "image diagonal" in md and "rises monotonically" in md
+    assert _no_temp_files(out)
+    runs = _read_csv(os.path.join(out, "runs.csv"))
+    assert [r["status"] for r in runs] == ["already_complete", "already_complete"]
+
+
+def test_hd95_uses_the_image_spacing(tmp_path):
+    """NIfTI with anisotropic spacing: a 1-voxel shift along an axis of spacing 3 mm gives HD95 = 3 mm."""
+    shape = (4, 30, 30)  # z, y, x
+    ref = np.zeros(shape, np.uint8)
+    ref[1:3, 10:20, 10:20] = 1
+    pred_y = np.roll(ref, 1, axis=1)  # y spacing 3.0
+    cases = {3: {"v1": (ref.copy(), ref)}, 0: {"v1": (pred_y, ref)}}
+    env, ds = _fake_results(str(tmp_path), cases, spacing=(2.0, 3.0, 0.5), file_ending=".nii.gz")
+    out = str(tmp_path / "out")
+    rc = ablation.run_ablation(ds, folds=[0], skips=[0, 3], trainer_pattern="Fake_{k}skip", out=out,
+                               aggregate_only=True, environ=env, echo=lambda m: None)
+    assert rc == 0
+    rows = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
+    assert float(rows[(0, "a")]["hd95_mm"]) == pytest.approx(3.0)
+
+
+def test_missing_runs_make_the_exit_code_nonzero(tmp_path):
+    ref = _square((20, 20), 5, 5, 5, 1)
+    env, ds = _fake_results(str(tmp_path), {3: {"x": (ref, ref)}}, skips=(3,))
+    out = str(tmp_path / "out")
+    lines = []
+    rc = ablation.run_ablation(ds, folds=[0], skips=[0, 3], trainer_pattern="Fake_{k}skip", out=out,
+                               aggregate_only=True, environ=env, echo=lines.append)
+    assert rc == 1
+    assert "Missing" in open(os.path.join(out, "summary.md")).read()
+    runs = {r["skips"]: r["status"] for r in _read_csv(os.path.join(out, "runs.csv"))}
+    assert runs == {"0": "not_run", "3": "already_complete"}
+
+
+def test_default_out_and_pattern_checks(tmp_path):
+    env = {"nnUNet_results": str(tmp_path / "res"), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    os.makedirs(os.path.join(env["nnUNet_preprocessed"], "Dataset042_Foo"))
+    assert ablation.default_out_dir("42", "nnUNetPlans", "2d", env) == os.path.join(
+        env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__2d")
+    with pytest.raises(ValueError):
+        ablation.build_jobs("42", trainer_pattern="NoPlaceholder")
+    jobs = ablation.build_jobs("42", folds=[0, 1], skips=[0, 3])
+    assert [(j.trainer, j.fold) for j in jobs] == [("nnUNetTrainerSwinUnet_0skip", "0"),
+                                                    ("nnUNetTrainerSwinUnet_0skip", "1"),
+                                                    ("nnUNetTrainerSwinUnet_3skip", "0"),
+                                                    ("nnUNetTrainerSwinUnet_3skip", "1")]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = str(tmp_path / "t.csv")
+    runner.atomic_write(path, "old\n")
+
+    with pytest.raises(TypeError):
+        runner.atomic_write(path, 12345)  # not str/bytes: fails while writing the temp file
+    assert open(path).read() == "old\n"
+    assert _no_temp_files(str(tmp_path))
+
+
+def test_cli_parser_registration():
+    import argparse
+
+    top = argparse.ArgumentParser(prog="nnunet-swin")
+    sub = top.add_subparsers(dest="command")
+    ablation.add_ablate_skips_parser(sub)
+    args = top.parse_args(["ablate-skips", "-d", "7", "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
+                           "--device", "cpu"])
+    assert args.func is ablation.handle_args
+    assert args.dataset == "7" and args.folds == ["0", "1"] and args.skips == [0, 1, 2, 3]
+    assert args.configuration == "2d" and args.plans == "nnUNetPlans" and args.device == "cpu"
