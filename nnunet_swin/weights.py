@@ -67,10 +67,7 @@ class LoadReport:
 
 def _collapse(keys: list[str]) -> list[str]:
     """Group keys by module for a readable report (``decoder.aux_heads.*``)."""
-    groups: dict[str, None] = {}
-    for k in keys:
-        groups[re.sub(r"\.(\d+)\..*$|\.[^.]+$", lambda m: f".{m.group(1)}.*" if m.group(1) else ".*", k, count=1)] = None
-    return list(groups)
+    return list(dict.fromkeys(k.rsplit(".", 1)[0] + ".*" for k in keys))  # the owning module, never wider
 
 
 def _read(source: str | os.PathLike | Mapping) -> Mapping:
@@ -298,7 +295,7 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
 
     def put(target: str, src: str, value: torch.Tensor, how: str | None = None) -> None:
         if target not in ours:
-            report.ignored[src] = f"the model has no {target}"
+            report.ignored[source_key(src)] = f"the model has no {target}"
             return
         if ours[target].shape != value.shape:
             problems.append(f"{src} -> {target}: source {tuple(value.shape)} vs model {tuple(ours[target].shape)}")
@@ -308,13 +305,27 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
             report.adapted[target] = how
 
     raw_tables = {k: v.shape for k, v in raw.items() if k.endswith("relative_position_bias_table")}
+    microsoft = "layers.0.downsample.reduction.weight" in raw
+
+    def source_key(k: str) -> str:  # undo timm's renaming so the report names the source's own keys
+        if microsoft:
+            k = re.sub(r"^layers\.(\d)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k)
+            k = re.sub(r"^head\.fc\.", "head.", k)
+        return k
+
     for k, v in converted.items():
         if k.startswith("head"):
-            report.ignored[k] = "classification head"
+            if source_key(k) in raw:  # not the placeholder _to_timm_layout adds to a headless timm dict
+                report.ignored[source_key(k)] = "classification head"
             continue
-        if k == "patch_embed.proj.weight" and v.shape[1] != model.input_channels:
-            how = f"{v.shape[1]} -> {model.input_channels} input channels (timm adapt_input_conv)"
-            put("encoder.patch_embed.proj.weight", k, adapt_input_conv(model.input_channels, v), how)
+        if k == "patch_embed.proj.weight":
+            hows = []
+            if v.shape[-2:] != raw[k].shape[-2:]:
+                hows.append(f"kernel {tuple(raw[k].shape[-2:])} -> {tuple(v.shape[-2:])} (timm resample_patch_embed)")
+            if v.shape[1] != model.input_channels:
+                hows.append(f"{v.shape[1]} -> {model.input_channels} input channels (timm adapt_input_conv)")
+                v = adapt_input_conv(model.input_channels, v)
+            put("encoder.patch_embed.proj.weight", k, v, "; ".join(hows) or None)
             continue
         m = re.match(r"layers\.(\d)\.(blocks\.\d+\..*|downsample\..*)$", k)
         if m:
