@@ -1,0 +1,90 @@
+"""``nnunet-swin``: a thin argparse front end; every subcommand lives in its own module.
+
+Later subcommands (``bench``, ``ablate-skips``, ``benchmark-msd``) add a ``_add_<name>`` function that
+registers a subparser with ``set_defaults(func=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthetic 2D data set -> nnU-Net plan/preprocess -> train Swin-Unet -> "
+                                     "predict held-out cases -> Dice per label and an overlay PNG")
+    p.add_argument("--workdir", default="nnunet_swin_demo",
+                   help="folder for nnUNet_raw/preprocessed/results of the demo (default: ./nnunet_swin_demo)")
+    p.add_argument("--dataset-id", type=int, default=990)
+    p.add_argument("--trainer", default="nnUNetTrainerSwinUnet_demo",
+                   help="trainer to train (default: the paper's network on a short schedule)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10 on CPU, 50 on GPU)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default 25)")
+    p.add_argument("--num-train", type=int, default=40)
+    p.add_argument("--num-test", type=int, default=10)
+    p.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
+    p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="show nnU-Net's full output")
+
+    def run(args):
+        from nnunet_swin.demo import run_demo
+
+        return run_demo(workdir=args.workdir, dataset_id=args.dataset_id, trainer=args.trainer, epochs=args.epochs,
+                        iters=args.iters, num_train=args.num_train, num_test=args.num_test, size=tuple(args.size),
+                        device=args.device, seed=args.seed, verbose=args.verbose)
+
+    p.set_defaults(func=run)
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="registration with nnU-Net, nnU-Net paths, versions and the device")
+    p.add_argument("--no-subprocess", action="store_true",
+                   help="skip the check in a fresh Python process (faster, less conclusive)")
+
+    def run(args):
+        from nnunet_swin.registration import doctor
+
+        return doctor(check_fresh_process=not args.no_subprocess)
+
+    p.set_defaults(func=run)
+
+
+def _add_ext_trainer_dir(sub) -> None:
+    p = sub.add_parser("ext-trainer-dir", help="print the directory to put on nnUNet_extTrainer (manual set-up)")
+    p.add_argument("--export", action="store_true",
+                   help="print a shell line that appends it to nnUNet_extTrainer: eval \"$(nnunet-swin "
+                        "ext-trainer-dir --export)\"")
+
+    def run(args):
+        from nnunet_swin.registration import ENV_VAR, ext_trainer_dir
+
+        d = ext_trainer_dir()
+        if args.export:
+            print(f'export {ENV_VAR}="${{{ENV_VAR}:+${ENV_VAR}:}}{d}"')
+        else:
+            print(d)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

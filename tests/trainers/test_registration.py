@@ -1,0 +1,127 @@
+"""Registration with nnU-Net: the .pth hook appends (never replaces) ``nnUNet_extTrainer``, a built wheel
+ships it at the root of site-packages, and a fresh interpreter then finds every plugin trainer through
+nnU-Net's own lookup next to a user's own trainer directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from nnunet_swin.registration import (
+    ENV_VAR,
+    PTH_LINE,
+    PTH_NAME,
+    append_to_env,
+    ext_trainer_dir,
+    fresh_process_lookup,
+    installed_pth_files,
+)
+from trainer_test_helpers import HERE, REPO
+
+PLUGIN_TRAINERS = [
+    "nnUNetTrainerSwinUnet", "nnUNetTrainerSwinUnet_0skip", "nnUNetTrainerSwinUnet_1skip",
+    "nnUNetTrainerSwinUnet_2skip", "nnUNetTrainerSwinUnet_3skip", "nnUNetTrainerSwinUnet_bilinear",
+    "nnUNetTrainerSwinUnet_transposedconv", "nnUNetTrainerSwinUnet_SGD", "nnUNetTrainerSwinUnet_DS",
+    "nnUNetTrainerSwinUnetIN1k", "nnUNetTrainerSwinUnetIN1k_0skip", "nnUNetTrainerSwinUnetIN1k_1skip",
+    "nnUNetTrainerSwinUnetIN1k_2skip", "nnUNetTrainerSwinUnetIN1k_3skip", "nnUNetTrainerSwinUnet_demo",
+]
+
+
+def _clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "PYTHONPATH")}
+    env.update(extra)
+    return env
+
+
+def test_append_to_env():
+    d = ext_trainer_dir()
+    assert append_to_env(None, d) == d
+    assert append_to_env("/mine", d) == "/mine" + os.pathsep + d
+    assert append_to_env("/mine" + os.pathsep + d, d) == "/mine" + os.pathsep + d
+
+
+@pytest.mark.parametrize("user_value", [None, "/my/trainers", "/a" + os.pathsep + "/b"])
+def test_pth_line_appends_and_imports_only_os(tmp_path, user_value):
+    site_dir = tmp_path / "site"
+    (site_dir / "nnunet_swin" / "ext_trainers").mkdir(parents=True)
+    (site_dir / PTH_NAME).write_text(PTH_LINE + "\n")
+    code = ("import site, sys, os; site.addsitedir(sys.argv[1]); site.addsitedir(sys.argv[1]); "
+            "print(os.environ.get('nnUNet_extTrainer')); print('torch' in sys.modules, 'nnunetv2' in sys.modules)")
+    env = _clean_env(**({ENV_VAR: user_value} if user_value else {}))
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(site_dir)], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    expected_dir = str(site_dir / "nnunet_swin" / "ext_trainers")
+    assert out[0] == (user_value + os.pathsep + expected_dir if user_value else expected_dir)  # once, appended
+    assert out[1] == "False False"
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.skip("setuptools not available to build the wheel offline")
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
+                                                             "__pycache__", "tests", "nnunet_swin_demo", "*.pth"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build a wheel offline here: {proc.stderr[-500:]}")
+    return next((tmp_path / "dist").glob("*.whl"))
+
+
+def test_wheel_hook_lets_a_fresh_process_find_every_trainer(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert PTH_NAME in names, "the .pth must sit at the root of site-packages"
+    assert "nnunet_swin/ext_trainers/nnunet_swin_trainers.py" in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    user_dir = tmp_path / "user_ext"
+    user_dir.mkdir()
+    shutil.copy(HERE / "user_trainers.py", user_dir)
+    # a fresh interpreter: the repo is not importable (cwd elsewhere, no PYTHONPATH); site.addsitedir
+    # processes the installed .pth exactly as interpreter start-up does for site-packages
+    code = (
+        "import os, sys, site; site.addsitedir(sys.argv[1]);"
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find;"
+        "names = sys.argv[2:];"
+        "found = [find(n) for n in names];"
+        "print('ENV', os.environ['nnUNet_extTrainer']);"
+        "print('MODS', sorted({c.__module__.split('.')[0] for c in found}));"
+        "import nnunet_swin; print('FROM', nnunet_swin.__file__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(target), *PLUGIN_TRAINERS, "TestSwin_1skip"],
+                          env=_clean_env(**{ENV_VAR: str(user_dir)}), cwd=str(tmp_path), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line[:4] in ("ENV ", "MODS", "FROM"))
+    assert lines["ENV"] == str(user_dir) + os.pathsep + str(target / "nnunet_swin" / "ext_trainers")
+    assert lines["FROM"].startswith(str(target))
+    assert "nnunet_swin" in lines["MODS"] and "user_trainers" in lines["MODS"]
+
+
+@pytest.mark.skipif(not installed_pth_files(), reason="nnunet-swin is not pip-installed in this environment")
+def test_installed_package_registers_in_a_fresh_shell():
+    ok, msg = fresh_process_lookup("nnUNetTrainerSwinUnet_1skip")
+    assert ok, msg
+
+
+def test_cli_ext_trainer_dir_and_doctor():
+    env = _clean_env(PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "nnunet_swin.cli", "ext-trainer-dir"], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ext_trainer_dir() and Path(out, "nnunet_swin_trainers.py").is_file()
+    proc = subprocess.run([sys.executable, "-m", "nnunet_swin.cli", "doctor", "--no-subprocess"],
+                          env={**env, ENV_VAR: out}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for section in ("[versions]", "[paths]", "[registration]", "[device]", "nnunetv2", "nnUNet_results"):
+        assert section in proc.stdout
+    assert "registration: OK" in proc.stdout

@@ -1,0 +1,156 @@
+"""In-process checks of the trainer recipe (no nnU-Net subprocess): every plugin trainer builds the
+network inference would build, patch rounding, the 3D refusal, the LR schedule, non-finite steps."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_swin.trainers import (
+    TRAINERS,
+    AbstractSwinUnetTrainer,
+    UnsupportedConfigurationError,
+    WarmupPolyLRScheduler,
+    nnUNetTrainerSwinUnet,
+    round_patch_size,
+)
+
+
+def _plans(patch=(112, 80), with_3d=True):
+    arch = {"network_class_name": "x", "arch_kwargs": {"strides": [[1, 1], [2, 2]]}, "_kw_requires_import": []}
+    configs = {"2d": {"data_identifier": "nnUNetPlans_2d", "patch_size": list(patch), "batch_size": 2,
+                      "spacing": [1.0, 1.0], "architecture": arch}}
+    if with_3d:
+        configs["3d_fullres"] = {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [32, 112, 80],
+                                 "batch_size": 2, "spacing": [1.0, 1.0, 1.0], "architecture": arch}
+        configs["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "lowres"}
+    return {"dataset_name": "Dataset990_X", "plans_name": "nnUNetPlans", "configurations": configs}
+
+
+def test_round_patch_size_never_smaller():
+    assert round_patch_size([112, 80]) == [128, 96]
+    assert round_patch_size([512, 448]) == [512, 448]
+    assert round_patch_size([33, 1]) == [64, 32]
+
+
+def test_plans_edited_before_nnunet_copies_them():
+    plans = _plans()
+    note = AbstractSwinUnetTrainer._adapt_plans_for_swin(plans, "2d")
+    assert plans["configurations"]["2d"]["patch_size"] == [128, 96]
+    assert "[112, 80]" in note and "[128, 96]" in note
+    again = copy.deepcopy(plans)
+    assert "kept" in AbstractSwinUnetTrainer._adapt_plans_for_swin(again, "2d")  # idempotent (--c, --val)
+    assert again == plans
+
+
+@pytest.mark.parametrize("cfg", ["3d_fullres", "3d_lowres"])
+def test_3d_configurations_refused_with_supported_list(cfg):
+    with pytest.raises(UnsupportedConfigurationError) as err:
+        nnUNetTrainerSwinUnet(_plans(), cfg, 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
+    msg = str(err.value)
+    assert cfg in msg and "2D" in msg and "Supported configurations: 2d" in msg
+
+
+TINY = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+
+
+def _fake_cm(patch):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = _plans(patch, with_3d=False)
+    return PlansManager(plans), PlansManager(plans).get_configuration("2d")
+
+
+@pytest.mark.parametrize("trainer", TRAINERS, ids=lambda t: t.__name__)
+def test_every_plugin_trainer_builds_its_network(trainer):
+    pm, cm = _fake_cm((64, 96))
+    assert trainer.network_kwargs().get("embed_dim", 96) == 96  # the paper's Swin-T unless a variant says
+    # a narrow copy keeps this fast; what is checked is that the variant's attributes reach the network
+    trainer = type(trainer.__name__, (trainer,), {"network_options": {**trainer.network_options, **TINY}})
+    net = trainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=False)
+    assert net.decoder.num_skips == trainer.num_skips
+    expand = {"patch_expand": "PatchExpand", "bilinear": "BilinearExpand", "transposed_conv": "TransposedConvExpand"}
+    assert type(net.decoder.final_expand).__name__ == expand[trainer.upsampling]
+    assert not net.decoder.deep_supervision  # inference: plain logits
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 1, 64, 96))
+    assert out.shape == (1, 3, 64, 96)
+    # same state-dict keys whatever the DS flag: strict loading at inference works
+    net_ds = trainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=True)
+    assert net_ds.state_dict().keys() == net.state_dict().keys()
+
+
+def test_unrounded_plans_rejected_at_build():
+    pm, cm = _fake_cm((112, 80))
+    with pytest.raises(ValueError, match="not divisible by 32"):
+        nnUNetTrainerSwinUnet.build_network_architecture(pm, cm, 1, 2, False)
+
+
+def test_warmup_poly_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupPolyLRScheduler(opt, 3e-4, max_steps=100, warmup_steps=5)
+    lrs = []
+    for epoch in range(100):
+        sched.step(epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(3e-4 / 5) and lrs[4] == pytest.approx(3e-4)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] < 1e-5
+
+
+# --- a real trainer on the session's preprocessed data, in this process -----------------------------
+@pytest.fixture
+def tiny_trainer(planned, workspace, monkeypatch):
+    import json
+    import sys
+
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, workspace.env[k])
+    monkeypatch.syspath_prepend(str(workspace.user_ext))
+    sys.modules.pop("user_trainers", None)
+    import user_trainers
+
+    pre = workspace.pre / "Dataset990_SwinSynthetic"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    ds = json.loads((pre / "dataset.json").read_text())
+    tr = user_trainers.TestSwin_3skip_DS(plans, "2d", "all", ds, torch.device("cpu"))
+    tr.initialize()
+    return tr
+
+
+def test_deep_supervision_matches_network(tiny_trainer):
+    tr = tiny_trainer
+    assert tr._get_deep_supervision_scales() == [[1.0, 1.0], [0.25, 0.25], [0.125, 0.125], [0.0625, 0.0625]]
+    tr.set_deep_supervision_enabled(True)
+    outs = tr.network(torch.zeros(1, 1, 128, 96))
+    assert [tuple(o.shape[2:]) for o in outs] == [(128, 96), (32, 24), (16, 12), (8, 6)]
+    tr.set_deep_supervision_enabled(False)
+    assert tr.network(torch.zeros(1, 1, 128, 96)).shape == (1, 3, 128, 96)
+    # with DS off the hook is a no-op even when nnU-Net asks for True after validation
+    tr.enable_deep_supervision = False
+    tr.set_deep_supervision_enabled(True)
+    assert tr.network.decoder.deep_supervision is False
+
+
+def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
+    tr = tiny_trainer
+    tr.set_deep_supervision_enabled(True)
+    before = {k: v.clone() for k, v in tr.network.state_dict().items()}
+    scales = tr._get_deep_supervision_scales()
+    target = [torch.zeros(2, 1, int(128 * s[0]), int(96 * s[1])) for s in scales]
+    bad = {"data": torch.full((2, 1, 128, 96), float("nan")), "target": target}
+    out = tr.train_step(bad)
+    assert np.isnan(out["loss"])
+    after = tr.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a non-finite step must not change weights"
+    log = open(tr.log_file).read()
+    assert "non-finite loss" in log and "step skipped" in log
+    good = {"data": torch.randn(2, 1, 128, 96), "target": target}
+    assert np.isfinite(tr.train_step(good)["loss"])  # training goes on
+    tr.max_consecutive_nonfinite = 3
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        for _ in range(3):
+            tr.train_step(bad)
