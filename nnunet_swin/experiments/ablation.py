@@ -488,9 +488,11 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
     environ = os.environ if environ is None else environ
     skips = [int(k) for k in skips]
     folds = [str(f) for f in folds]
+    # The full name (not the id) in the jobs: one record / log name per run however the data set was named.
+    dataset = resolve_dataset_name(dataset, environ)
     jobs = build_jobs(dataset, configuration, plans, folds, skips, trainer_pattern)
     out_dir = os.path.abspath(out or default_out_dir(dataset, plans, configuration, environ))
-    meta = {"dataset": resolve_dataset_name(dataset, environ), "configuration": configuration, "plans": plans,
+    meta = {"dataset": dataset, "configuration": configuration, "plans": plans,
             "trainer_pattern": trainer_pattern, "skips": skips, "folds": folds, "reference": int(reference),
             "nsd_tolerance_mm": float(nsd_tolerance_mm)}
     if slurm:
@@ -547,6 +549,16 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handle_args(args: argparse.Namespace) -> int:
+    """Run ``ablate-skips`` from parsed arguments; set-up errors (no such data set, nnU-Net paths unset, bad
+    pattern) print one line and give exit code 2."""
+    try:
+        return _run_from_args(args)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"ablate-skips: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_from_args(args: argparse.Namespace) -> int:
     return run_ablation(args.dataset, args.configuration, args.plans, args.folds, args.skips, args.trainer_pattern,
                         args.device, args.gpus, args.slurm, args.slurm_option, args.dry_run, args.out,
                         args.aggregate_only, args.reference_skips, args.nsd_tolerance)

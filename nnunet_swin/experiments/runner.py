@@ -332,6 +332,7 @@ def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | N
             log_tail_lines: int = 40, echo: Callable[[str], None] = print) -> RunRecord:
     """Bring one job to completion (or report why not); writes its record JSON and returns it."""
     environ = os.environ if environ is None else environ
+    os.makedirs(records_dir, exist_ok=True)
     fold_dir = job.fold_dir(environ)
     state = fold_state(fold_dir)
     if state == COMPLETE:

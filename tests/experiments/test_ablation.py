@@ -47,6 +47,7 @@ class _Short:
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        torch.set_num_threads(1)  # 2 shared cores: threads only contend
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
@@ -65,11 +66,6 @@ class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):
 
 
 class MyShort_3skip(_Short, nnUNetTrainerSwinUnet_3skip):
-    pass
-
-
-# MyShortFail_0skip deliberately does not exist: the failed-run test asks for it.
-class MyShortFail_1skip(_Short, nnUNetTrainerSwinUnet_1skip):
     pass
 '''
 
@@ -114,8 +110,6 @@ def nnunet_root(tmp_path_factory):
     env = _env(root)
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         os.makedirs(env[var], exist_ok=True)
-    with open(os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py"), "w") as f:
-        f.write(TRAINER_MODULE)
     write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "AblTiny", num_train=8, num_test=0, shape=(64, 64), seed=1)
     plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
     proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
@@ -130,75 +124,124 @@ def nnunet_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(nnunet_root):
-    """The full ablation: 4 skip counts x 2 folds through the command-line wrapper, on the CPU."""
+    """The full ablation, 4 skip counts x 2 folds on the CPU through the command-line wrapper, in three calls:
+
+    1. ``MyShort_2skip`` is not installed yet: its two runs fail, the six others train;
+    2. after adding it, the same command trains only the two missing runs;
+    3. the same command again trains nothing.
+    """
     env = _env(nnunet_root)
+    module = os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py")
+    without_2 = TRAINER_MODULE.replace("class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):\n    pass\n", "")
+    assert without_2 != TRAINER_MODULE
+    with open(module, "w") as f:
+        f.write(without_2)
     out = os.path.join(nnunet_root, "ablation_out")
     cmd = [sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
            "--device", "cpu", "--out", out]
     t0 = time.time()
-    first = _run(cmd, env)
-    took = time.time() - t0
-    second = _run(cmd, env)
-    return {"root": nnunet_root, "env": env, "out": out, "cmd": cmd, "first": first, "second": second, "took": took}
+    calls = {"with_failures": _run(cmd, env)}
+    calls["runs_csv_after_failures"] = _read_csv(os.path.join(out, "runs.csv"))
+    calls["summary_md_after_failures"] = open(os.path.join(out, "summary.md")).read()
+    with open(module, "w") as f:
+        f.write(TRAINER_MODULE)
+    calls["complete"] = _run(cmd, env)
+    calls["runs_csv_after_complete"] = _read_csv(os.path.join(out, "runs.csv"))
+    calls["again"] = _run(cmd, env)
+    calls["took"] = time.time() - t0
+    return {"root": nnunet_root, "env": env, "out": out, "cmd": cmd, **calls}
+
+
+def _results_folder(trained, k: int, fold: int) -> str:
+    return os.path.join(trained["env"]["nnUNet_results"], DATASET, f"MyShort_{k}skip__nnUNetPlans__2d", f"fold_{fold}")
 
 
 # --- end to end ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_failed_runs_are_reported_and_the_others_go_on(trained):
+    """MyShort_2skip does not exist yet: both its runs fail with nnU-Net's error in the printed log tail, the
+    0-, 1- and 3-skip runs (before and after them) still train, and the exit code is non-zero."""
+    proc = trained["with_failures"]
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("[FAILED]") == 2
+    failed_block = proc.stdout.split("[FAILED]")[1]
+    assert "Could not find requested nnunet trainer MyShort_2skip" in failed_block  # the log tail
+    assert proc.stdout.count("[done]") == 6
+    assert proc.stdout.index("[FAILED]") < proc.stdout.rindex("[done]")  # runs after the failure went on
+    runs = {(r["skips"], r["fold"]): r for r in trained["runs_csv_after_failures"]}
+    assert {k: r["status"] for k, r in runs.items()} == {
+        (str(k), str(f)): ("failed" if k == 2 else "completed") for k in range(4) for f in range(2)}
+    assert runs[("2", "0")]["returncode"] not in ("", "0") and "MyShort_2skip" in runs[("2", "0")]["error"]
+    assert os.path.isfile(runs[("2", "0")]["log"])
+    md = trained["summary_md_after_failures"]
+    assert "## Missing" in md and "2 skips, fold 0 (MyShort_2skip)" in md
+
+
+@pytest.mark.slow
 def test_full_two_fold_run_writes_the_report(trained):
-    first, out = trained["first"], trained["out"]
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    proc, out = trained["complete"], trained["out"]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # only the two missing runs were trained by the second call
+    assert proc.stdout.count("[run]") == 2 and proc.stdout.count("already complete") == 6
+    assert "MyShort_2skip -p nnUNetPlans --npz -device cpu" in proc.stdout
     for name in ("runs.csv", "per_case.csv", "summary.csv", "summary.md", "dice_vs_skips.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert _no_temp_files(out)
 
-    runs = _read_csv(os.path.join(out, "runs.csv"))
+    runs = trained["runs_csv_after_complete"]
     assert sorted((r["skips"], r["fold"]) for r in runs) == [(str(k), str(f)) for k in range(4) for f in range(2)]
-    assert {r["status"] for r in runs} == {"completed"}
+    assert {(r["skips"], r["status"]) for r in runs} == {("0", "already_complete"), ("1", "already_complete"),
+                                                          ("2", "completed"), ("3", "already_complete")}
     assert all(r["epochs"] == "1" and float(r["wall_time_s"]) > 0 for r in runs)
     assert all(r["peak_gpu_mem_mb"] == "" for r in runs)  # CPU run: not available
 
     per_case = _read_csv(os.path.join(out, "per_case.csv"))
     assert len(per_case) == 4 * 8 * 2  # skips x cases (4 per fold, 2 folds) x labels
     assert {r["label"] for r in per_case} == {"disc", "bar"}
+    assert {(r["fold"], r["case"]) for r in per_case if r["skips"] == "0"} == {
+        (str(f), f"syn_{i:03d}") for f, ids in ((0, range(4)), (1, range(4, 8))) for i in ids}
     for r in per_case:
-        assert 0.0 <= float(r["dice"]) <= 1.0 if r["dice"] else True
+        assert r["dice"] == "" or 0.0 <= float(r["dice"]) <= 1.0
         assert r["hd95_mm"] == "" or float(r["hd95_mm"]) >= 0
+    # Dice is nnU-Net's own, from each fold's validation/summary.json
+    nn = json.load(open(os.path.join(_results_folder(trained, 1, 0), "validation", "summary.json")))
+    first = nn["metric_per_case"][0]
+    case = os.path.basename(first["prediction_file"])[: -len(".png")]
+    mine = next(r for r in per_case if r["skips"] == "1" and r["fold"] == "0" and r["case"] == case and r["label"] == "disc")
+    assert float(mine["dice"]) == pytest.approx(first["metrics"]["1"]["Dice"], abs=1e-5)
 
     summary = _read_csv(os.path.join(out, "summary.csv"))
     assert sorted((r["skips"], r["label"]) for r in summary) == sorted(
         (str(k), lab) for k in range(4) for lab in ("disc", "bar", "mean"))
     for r in summary:
         assert r["n_folds"] == "2"
-        assert r["dice_n_cases"] == "8" or int(r["dice_n_cases"]) <= 8
         if r["skips"] != "3":
             assert r["dice_n_pairs"] not in ("", "0")
     md = open(os.path.join(out, "summary.md")).read()
-    assert "Wilcoxon" in md and "empty" in md and "Mean Dice" in md
+    assert "Wilcoxon" in md and "empty" in md and "Mean Dice" in md and "## Missing" not in md
     with open(os.path.join(out, "dice_vs_skips.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     # ordinary nnU-Net results, with --npz
     for k in range(4):
         for fold in range(2):
-            val = os.path.join(nn_results(trained), DATASET, f"MyShort_{k}skip__nnUNetPlans__2d", f"fold_{fold}",
-                               "validation")
+            val = os.path.join(_results_folder(trained, k, fold), "validation")
             assert os.path.isfile(os.path.join(val, "summary.json"))
             assert any(n.endswith(".npz") for n in os.listdir(val))
 
 
-def nn_results(trained) -> str:
-    return trained["env"]["nnUNet_results"]
-
-
+@pytest.mark.slow
 def test_second_call_trains_nothing(trained):
-    second = trained["second"]
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert second.stdout.count("already complete") == 8
-    assert "[run" not in second.stdout
+    again = trained["again"]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already complete") == 8
+    assert "[run" not in again.stdout
     runs = _read_csv(os.path.join(trained["out"], "runs.csv"))
     assert {r["status"] for r in runs} == {"already_complete"}
-    assert all(r["wall_time_s"] and r["epochs"] == "1" for r in runs)  # kept from the first call
+    assert all(r["wall_time_s"] and r["epochs"] == "1" for r in runs)  # kept from the call that trained
 
 
+@pytest.mark.slow
 def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
     env = _env(nnunet_root)
     out = os.path.join(nnunet_root, "dry")
@@ -207,19 +250,21 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
                                device="cuda", gpus="0,1", dry_run=True, out=out, environ=env, echo=lines.append)
     assert rc == 0
     assert len(lines) == 8
-    assert lines[0] == ("CUDA_VISIBLE_DEVICES=0 nnUNetv2_train 977 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
+    assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
                         "-device cuda")
-    assert lines[1].startswith("CUDA_VISIBLE_DEVICES=1 nnUNetv2_train 977 2d 1 -tr Other_0skip")
-    assert lines[7].endswith("977 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
+    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 1 -tr Other_0skip")
+    assert lines[7].endswith(f"{DATASET} 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
     assert not os.path.exists(out)  # a dry run writes nothing
 
     # the console script prints the same
     proc = _run([sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
                  "--dry-run", "--out", out], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "nnUNetv2_train 977 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu" in proc.stdout
+    assert (f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu"
+            in proc.stdout)
 
 
+@pytest.mark.slow
 def test_resume_after_killed_run_uses_c(nnunet_root):
     """A fold folder with only checkpoint_latest.pth (a killed run) continues with --c; one with a final
     checkpoint but no validation summary only validates (--val)."""
@@ -241,27 +286,10 @@ def test_resume_after_killed_run_uses_c(nnunet_root):
     lines = []
     ablation.run_ablation(str(DATASET_ID), folds=[0], skips=[1], trainer_pattern="Killed_{k}skip", device="cpu",
                           dry_run=True, out=os.path.join(nnunet_root, "dry2"), environ=env, echo=lines.append)
-    assert lines == ["nnUNetv2_train 977 2d 0 -tr Killed_1skip -p nnUNetPlans --npz -device cpu --c"]
+    assert lines == [f"nnUNetv2_train {DATASET} 2d 0 -tr Killed_1skip -p nnUNetPlans --npz -device cpu --c"]
 
 
-def test_failed_run_is_reported_and_the_others_go_on(trained):
-    """MyShortFail_0skip does not exist: its run fails with nnU-Net's error in the log tail, the 1-skip run
-    still trains, the exit code is non-zero and the report covers what completed."""
-    env = trained["env"]
-    out = os.path.join(trained["root"], "ablation_fail")
-    proc = _run([sys.executable, SCRIPT, "-d", DATASET, "--folds", "0", "--skips", "0", "1", "--trainer-pattern",
-                 "MyShortFail_{k}skip", "--device", "cpu", "--out", out], env)
-    assert proc.returncode != 0
-    assert "[FAILED]" in proc.stdout and "MyShortFail_0skip" in proc.stdout
-    assert "Could not find requested nnunet trainer" in proc.stdout or "RuntimeError" in proc.stdout  # the log tail
-    runs = {r["skips"]: r for r in _read_csv(os.path.join(out, "runs.csv"))}
-    assert runs["0"]["status"] == "failed" and runs["0"]["returncode"] not in ("", "0")
-    assert runs["1"]["status"] == "completed"
-    assert os.path.isfile(os.path.join(out, "logs", f"{DATASET}__MyShortFail_0skip__nnUNetPlans__2d__fold_0.log"))
-    md = open(os.path.join(out, "summary.md")).read()
-    assert "Missing" in md and "MyShortFail_0skip" in md
-
-
+@pytest.mark.slow
 def test_slurm_script(nnunet_root, tmp_path):
     env = _env(nnunet_root)
     script = str(tmp_path / "ablate.sh")
@@ -305,10 +333,11 @@ def test_slurm_script(nnunet_root, tmp_path):
     assert "ablation" in second and "--aggregate-only" in second
 
 
+@pytest.mark.slow
 def test_run_job_subcommand_skips_a_complete_run(trained, tmp_path):
     """What each SLURM array task runs: a complete run is not trained again."""
     proc = _run([sys.executable, "-m", "nnunet_swin.experiments.runner", "run-job", "--out", str(tmp_path),
-                 "--device", "cpu", "--dataset", str(DATASET_ID), "--configuration", "2d", "--fold", "0",
+                 "--device", "cpu", "--dataset", DATASET, "--configuration", "2d", "--fold", "0",
                  "--trainer", "MyShort_0skip", "--tag", "skips=0"], trained["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already complete" in proc.stdout
@@ -316,6 +345,7 @@ def test_run_job_subcommand_skips_a_complete_run(trained, tmp_path):
     assert rec["status"] == "already_complete"
 
 
+@pytest.mark.slow
 def test_aggregate_only_on_the_trained_ablation_matches(trained, tmp_path):
     """--aggregate-only (the SLURM aggregation step) rebuilds the same per-case table in-process."""
     out = str(tmp_path / "agg")
