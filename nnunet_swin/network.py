@@ -5,8 +5,10 @@ official code accepts (224 and 448 at window 7, ...), and it also runs at any H 
 windows that do not tile a stage are padded bottom/right and the padding tokens are masked out of
 attention, so they never change the result of real tokens.
 
-Layout: tokens are kept channels-last (B, H, W, C) from the patch embedding to the head, so the only
-layout copies are the window partition / reverse; NCHW is used at the module boundary only.
+Speed and memory: tokens are kept channels-last (B, H, W, C) from the patch embedding to the head (NCHW
+at the module boundary only); roll, pad and window partition are one gather each way; a LayerNorm or
+GELU that feeds a Linear is recomputed in backward instead of keeping its output (about a third less
+activation memory per block, bit-identical results).
 
 The module imports torch and timm layers only (never nnU-Net), so it can be used and tested alone.
 """
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -31,6 +33,58 @@ NUM_STAGES = 4  # Swin-Unet is built for four stages: three skips at 1/4, 1/8, 1
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+class _RecomputedLinear(torch.autograd.Function):
+    """``linear(fn(x))`` that keeps ``x`` for backward instead of ``fn(x)`` and recomputes the cheap,
+    memory-bound ``fn`` (LayerNorm, GELU) there; the matmuls are never recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, fn, *fn_params):
+        out = F.linear(fn(x, *fn_params), weight, bias)
+        ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
+        ctx.save_for_backward(x, weight, *fn_params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
+            y = ctx.fn(*leaves)
+        dt = ctx.out_dtype  # the dtype autocast ran the linear in
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(dt)
+        grad_w = (g.t() @ y.detach().reshape(-1, y.shape[-1]).to(dt)).to(weight.dtype)
+        grad_b = g.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_y = (g @ weight.to(dt)).view(y.shape).to(y.dtype)
+        grads = torch.autograd.grad(y, leaves, grad_y)
+        return grads[0], grad_w, grad_b, None, *grads[1:]
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, weight.shape, weight, bias)  # eps 1e-5, as nn.LayerNorm and the official code
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+def norm_linear(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | nn.Conv2d) -> torch.Tensor:
+    """``linear(norm(x))`` on channels-last tokens keeping only ``x`` for backward (a 1x1 convolution
+    counts as a linear layer)."""
+    weight = linear.weight.flatten(1)
+    if norm is None:
+        return F.linear(x, weight, linear.bias)
+    if not torch.is_grad_enabled() or _is_compiling():  # nothing to save / inductor plans recompute itself
+        return F.linear(norm(x), weight, linear.bias)
+    return _RecomputedLinear.apply(x, weight, linear.bias, _layer_norm, norm.weight, norm.bias)
+
+
+def gelu_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(gelu(x))`` keeping only ``x`` for backward."""
+    if not torch.is_grad_enabled() or _is_compiling():
+        return linear(F.gelu(x))
+    return _RecomputedLinear.apply(x, linear.weight, linear.bias, _gelu)
 
 
 def window_geometry(size: int, window: int, shifted: bool) -> tuple[int, int]:
@@ -46,13 +100,6 @@ def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
     b, h, w, c = x.shape
     x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, (h // wh) * (w // ww), wh * ww, c)
-
-
-def window_reverse(windows: torch.Tensor, wh: int, ww: int, h: int, w: int) -> torch.Tensor:
-    """(B, nW, wh * ww, C) -> (B, H, W, C); the inverse of :func:`window_partition`."""
-    b, _, _, c = windows.shape
-    x = windows.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
 
 
 def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor:
@@ -107,6 +154,27 @@ def attention_mask(
     return mask.masked_fill(key_is_pad, float("-inf"))
 
 
+def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token gathers that replace roll + pad + window partition and their inverse.
+
+    ``order[k]`` is the flat source index (into the h*w tokens, or ``h*w`` for a padding token) of the
+    k-th token in window order of the map rolled by (-sh, -sw) and padded bottom/right;
+    ``inverse[p]`` is where source token p sits in that order. One ``index_select`` each way costs one
+    copy instead of the roll, pad, partition, reverse, crop and roll-back copies.
+    """
+    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
+    rows = torch.arange(hp, device=device)
+    cols = torch.arange(wp, device=device)
+    src = ((rows + sh) % h)[:, None] * w + ((cols + sw) % w)[None, :]
+    src = torch.where((rows[:, None] >= h) | (cols[None, :] >= w), torch.full_like(src, h * w), src)
+    order = window_partition(src[None, :, :, None], wh, ww).reshape(-1)
+    real = order < h * w
+    inverse = torch.empty(h * w, dtype=torch.long, device=device)
+    inverse[order[real]] = torch.arange(order.numel(), device=device)[real]
+    return order, inverse
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
@@ -149,11 +217,13 @@ class WindowAttention(nn.Module):
         n = wh * ww
         return self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
 
-    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows; mask: (nW, N, N) or None. Returns (B, nW, N, C)."""
+    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None,
+                norm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """x: (B, nW, N, C) windows, normalised by ``norm`` first; mask: (nW, N, N) or None.
+        Returns (B, nW, N, C)."""
         b, nw, n, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).view(b, nw, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        qkv = norm_linear(x, norm, self.qkv).view(b, nw, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)  # each B, nW, heads, N, d
         bias = self._bias(wh, ww)
         if self.fused:
@@ -173,6 +243,19 @@ class WindowAttention(nn.Module):
             out = attn.to(v.dtype) @ v
         out = out.view(b, nw, heads, n, self.head_dim).transpose(2, 3).reshape(b, nw, n, c)
         return self.proj(out)
+
+
+class Mlp(nn.Module):
+    """fc1, GELU, fc2 (the official block MLP; dropout is 0 there)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+        """``fc2(gelu(fc1(norm(x))))``, keeping neither the norm nor the GELU output for backward."""
+        return gelu_linear(norm_linear(x, norm, self.fc1), self.fc2)
 
 
 class SwinBlock(nn.Module):
@@ -196,38 +279,41 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, fused_attention)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
-        self._masks: dict[tuple, torch.Tensor | None] = {}
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self._cache: dict[tuple, tuple] = {}
 
-    def _mask(self, h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device) -> torch.Tensor | None:
-        if _is_compiling():  # built in-graph from static sizes: no Python state mutated under compile
-            return attention_mask(h, w, wh, ww, sh, sw, device)
+    def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
+        """Window shape, token order, inverse order and mask for an h x w stage; cached per size in eager
+        mode, built in-graph from static sizes under torch.compile (no Python state mutated there)."""
         key = (h, w, device)
-        if key not in self._masks:
-            self._masks[key] = attention_mask(h, w, wh, ww, sh, sw, device)
-        return self._masks[key]
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
+        if key in self._cache and not _is_compiling():
+            return self._cache[key]
         wh, sh = window_geometry(h, self.window_size, self.shifted)
         ww, sw = window_geometry(w, self.window_size, self.shifted)
-        if sh or sw:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-        hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-        if hp != h or wp != w:
-            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))
-        mask = self._mask(h, w, wh, ww, sh, sw, x.device)
-        x = window_reverse(self.attn(window_partition(x, wh, ww), wh, ww, mask), wh, ww, hp, wp)
-        if hp != h or wp != w:
-            x = x[:, :h, :w]
-        if sh or sw:
-            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
-        return x
+        order, inverse = window_order(h, w, wh, ww, sh, sw, device)
+        geometry = (wh, ww, order, inverse, attention_mask(h, w, wh, ww, sh, sw, device))
+        if not _is_compiling():
+            self._cache[key] = geometry
+        return geometry
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """norm1 and attention in windows: roll, pad and partition are one gather, and one gather back
+        crops the padding and undoes the roll. norm1 runs after the gather (LayerNorm is per token);
+        padding tokens then hold norm1's bias instead of zeros, which cannot matter because they are
+        masked out of every real token's attention."""
+        b, h, w, c = x.shape
+        wh, ww, order, inverse, mask = self._geometry(h, w, x.device)
+        tokens = x.reshape(b, h * w, c)
+        if order.numel() > h * w:  # padded windows read a zero token appended at index h * w
+            tokens = F.pad(tokens, (0, 0, 0, 1))
+        windows = tokens.index_select(1, order).view(b, -1, wh * ww, c)
+        out = self.attn(windows, wh, ww, mask, norm=self.norm1).view(b, -1, c)
+        return out.index_select(1, inverse).view(b, h, w, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        x = x + self.drop_path(self._attend(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self._attend(x))
+        return x + self.drop_path(self.mlp(x, self.norm2))
 
 
 class PatchEmbed(nn.Module):
@@ -255,7 +341,7 @@ class PatchMerging(nn.Module):
         b, h, w, c = x.shape
         # (b, h/2, row offset, w/2, col offset, c) -> channel blocks ordered (0,0), (1,0), (0,1), (1,1)
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        return self.reduction(self.norm(x))
+        return norm_linear(x, self.norm, self.reduction)
 
 
 class PatchExpand(nn.Module):
@@ -269,12 +355,14 @@ class PatchExpand(nn.Module):
         self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         s = self.scale
         x = self.expand(x)
-        x = x.view(b, h, w, s, s, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, -1)
-        return self.norm(x)
+        return x.view(b, h, w, s, s, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.project(x))
 
 
 class BilinearExpand(nn.Module):
@@ -287,10 +375,12 @@ class BilinearExpand(nn.Module):
         self.expand = nn.Linear(dim, out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         x = self.expand(x).permute(0, 3, 1, 2)
-        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return self.norm(x.permute(0, 2, 3, 1))
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.project(x))
 
 
 class TransposedConvExpand(nn.Module):
@@ -301,8 +391,11 @@ class TransposedConvExpand(nn.Module):
         self.expand = nn.ConvTranspose2d(dim, out_dim, kernel_size=scale, stride=scale)
         self.norm = nn.LayerNorm(out_dim)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.expand(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return self.norm(self.project(x))
 
 
 _UPSAMPLERS: dict[str, type[nn.Module]] = {
@@ -481,9 +574,6 @@ class SwinDecoder(nn.Module):
             nn.Conv2d(embed_dim * 2**enc, num_classes, kernel_size=1, bias=False) for enc in range(NUM_STAGES - 1)
         )
 
-    @staticmethod
-    def _apply_head(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, head.weight.flatten(1)).permute(0, 3, 1, 2)
 
     def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """features: channels-last skips (1/4, 1/8, 1/16) then the bottleneck, as the encoder makes them."""
@@ -496,11 +586,12 @@ class SwinDecoder(nn.Module):
             if i:
                 per_scale.append(out)
         finest = self.norm(per_scale[-1])
-        logits = self._apply_head(self.head, self.final_expand(finest))
+        # the final expand's LayerNorm at full resolution is recomputed in backward, not kept
+        logits = norm_linear(self.final_expand.project(finest), self.final_expand.norm, self.head).permute(0, 3, 1, 2)
         if not self.deep_supervision:
             return logits
         per_scale[-1] = finest
-        aux = [self._apply_head(head, feat) for head, feat in zip(self.aux_heads, reversed(per_scale))]
+        aux = [norm_linear(feat, None, head).permute(0, 3, 1, 2) for head, feat in zip(self.aux_heads, reversed(per_scale))]
         return [logits, *aux]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
