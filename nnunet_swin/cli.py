@@ -69,10 +69,39 @@ def _add_ext_trainer_dir(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="side-by-side speed and memory: SwinUnet variants, nnU-Net's 2D CNN, "
+                                     "MONAI SwinUNETR")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--patch", type=int, nargs="+", default=[224], metavar="N", help="H [W] (default 224)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--classes", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--only", nargs="+", metavar="TEXT", help="only rows whose name contains one of these "
+                                                             "(the nnU-Net CNN row is always kept)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--out", help="write OUT.csv and OUT.json (and OUT.png with --png)")
+    p.add_argument("--png", action="store_true")
+    p.add_argument("--complexity", action="store_true",
+                   help="global MSA against W-MSA/SW-MSA for one stage: formulas, counted FLOPs, time")
+
+    def run(args):
+        from nnunet_swin.experiments.bench import bench_command
+
+        return bench_command(args.device, tuple(args.patch), args.batch, args.in_channels, args.classes,
+                             args.warmup, args.repeats, args.only, args.compile, args.threads, args.out,
+                             args.png, args.complexity)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir):
+    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench):
         add(sub)
     return parser
 
