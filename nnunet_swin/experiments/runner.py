@@ -119,6 +119,8 @@ def resolve_dataset_name(dataset: str | int, environ=None) -> str:
     except ValueError:
         raise ValueError(f"dataset must be an integer id or a name like Dataset123_Name, got {dataset!r}") from None
     prefix = f"Dataset{ident:03d}_"
+    if not any(environ.get(v) for v in NNUNET_PATH_VARS):
+        raise RuntimeError(f"cannot resolve data set id {ident}: none of {', '.join(NNUNET_PATH_VARS)} is set.")
     for var in ("nnUNet_preprocessed", "nnUNet_results", "nnUNet_raw"):
         root = environ.get(var)
         if root and os.path.isdir(root):
