@@ -74,9 +74,10 @@ def trainer_name(pattern: str, k: int) -> str:
 def build_jobs(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlans",
                folds: Sequence = DEFAULT_FOLDS, skips: Sequence[int] = DEFAULT_SKIPS,
                trainer_pattern: str = DEFAULT_TRAINER_PATTERN) -> list[Job]:
-    """One job per skip count x fold, skip count outermost (so a partial run covers whole variants)."""
+    """One job per fold x skip count, fold outermost: an interrupted study already compares every variant
+    on the first folds (paired), rather than covering only the first variants."""
     return [Job(str(dataset), configuration, str(f), trainer_name(trainer_pattern, int(k)), plans, (("skips", int(k)),))
-            for k in skips for f in folds]
+            for f in folds for k in skips]
 
 
 def default_out_dir(dataset: str, plans: str, configuration: str, environ=None) -> str:

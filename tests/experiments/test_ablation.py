@@ -252,7 +252,7 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
     assert len(lines) == 8
     assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
                         "-device cuda")
-    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 1 -tr Other_0skip")
+    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 0 -tr Other_1skip")
     assert lines[7].endswith(f"{DATASET} 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
     assert not os.path.exists(out)  # a dry run writes nothing
 
@@ -532,8 +532,8 @@ def test_default_out_and_pattern_checks(tmp_path):
         ablation.build_jobs("42", trainer_pattern="NoPlaceholder")
     jobs = ablation.build_jobs("42", folds=[0, 1], skips=[0, 3])
     assert [(j.trainer, j.fold) for j in jobs] == [("nnUNetTrainerSwinUnet_0skip", "0"),
-                                                    ("nnUNetTrainerSwinUnet_0skip", "1"),
                                                     ("nnUNetTrainerSwinUnet_3skip", "0"),
+                                                    ("nnUNetTrainerSwinUnet_0skip", "1"),
                                                     ("nnUNetTrainerSwinUnet_3skip", "1")]
 
 
