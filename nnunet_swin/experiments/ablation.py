@@ -356,8 +356,9 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
             f"{_p(r['dice_wilcoxon_p_vs_ref'])} | {_p(r['hd95_mm_wilcoxon_p_vs_ref'])} | {r['dice_n_cases']} |")
     lines += ["", "Mean ± std. *(cases)*: over all validation cases of all folds; *(folds)*: over the per-fold "
               "means. p: two-sided paired Wilcoxon signed-rank test (scipy) against "
-              f"{ref} skips over the cases (paired by fold and case), no correction for multiple comparisons. "
-              f"`{MEAN_LABEL}`: per-case mean over the labels.", "", EMPTY_CONVENTION, ""]
+              f"{ref} skips over the cases (paired by fold and case), no correction for multiple comparisons."
+              + (f" `{MEAN_LABEL}`: per-case mean over the labels." if any(r["label"] == MEAN_LABEL for r in summary)
+                 else ""), "", EMPTY_CONVENTION, ""]
     if run_rows:
         lines += ["## Runs", "", "| skips | fold | trainer | status | epochs | wall time (min) | peak GPU memory (MiB) |",
                   "|---:|---:|---|---|---:|---:|---:|"]
