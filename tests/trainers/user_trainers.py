@@ -23,7 +23,7 @@ class _Short:
     """A few epochs of a few iterations; ``NNUNET_SWIN_TEST_CRASH_AT`` simulates an interruption."""
 
     network_options = TINY
-    test_epochs = 2
+    test_epochs = 1
     test_iters = 2
 
     def _shorten(self):
