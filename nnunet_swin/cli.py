@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_swin.experiments.ablation import add_ablate_skips_parser
+
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthetic 2D data set -> nnU-Net plan/preprocess -> train Swin-Unet -> "
@@ -101,7 +103,7 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench):
+    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench, add_ablate_skips_parser):
         add(sub)
     return parser
 

@@ -298,3 +298,13 @@ def test_compiles_without_graph_breaks():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_package_exports_the_public_api_lazily():
+    code = ("import sys, nnunet_swin.cli; assert 'torch' not in sys.modules, 'cli import pulled in torch'; "
+            "import nnunet_swin, nnunet_swin.weights as w; "
+            "assert nnunet_swin.load_official_checkpoint is w.load_official_checkpoint; "
+            "assert nnunet_swin.load_pretrained_encoder is w.load_pretrained_encoder; print(nnunet_swin.SwinUnet.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "SwinUnet"
