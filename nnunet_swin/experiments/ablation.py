@@ -528,12 +528,12 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--dataset", required=True, help="nnU-Net data set id or name (planned and preprocessed)")
-    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration (default: 2d)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds (default: 0 1 2 3 4)")
-    p.add_argument("--skips", nargs="+", type=int, default=list(DEFAULT_SKIPS), help="skip counts (default: 0 1 2 3)")
+    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds")
+    p.add_argument("--skips", nargs="+", type=int, default=list(DEFAULT_SKIPS), help="skip counts")
     p.add_argument("--trainer-pattern", default=DEFAULT_TRAINER_PATTERN,
-                   help="trainer class name with {k} for the skip count (default: %(default)s)")
+                   help="trainer class name with {k} for the skip count")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"], help="nnUNetv2_train -device")
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time, queued")
     p.add_argument("--slurm", metavar="FILE", default=None,
@@ -545,9 +545,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="report folder (default: $nnUNet_results/<dataset>/ablation_skips__<plans>__<configuration>)")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing; write the report from what exists")
     p.add_argument("--reference-skips", type=int, default=REFERENCE_SKIPS,
-                   help="variant the others are tested against (default: 3)")
+                   help="variant the others are tested against")
     p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
-                   help="NSD tolerance in mm (default: %(default)s)")
+                   help="NSD tolerance in mm")
 
 
 def handle_args(args: argparse.Namespace) -> int:
