@@ -154,3 +154,41 @@ def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
     with pytest.raises(FloatingPointError, match="non-finite"):
         for _ in range(3):
             tr.train_step(bad)
+
+
+def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(planned, workspace, monkeypatch, tmp_path):
+    """The IN1k family loads weights in on_train_start (never in build_network_architecture, which
+    inference runs); a missing file stops with instructions."""
+    import json
+
+    from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k
+
+    pytest.importorskip("nnunet_swin.weights")
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, workspace.env[k])
+    pm, cm = _fake_cm((64, 64))
+    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
+    nnUNetTrainerSwinUnetIN1k.build_network_architecture(pm, cm, 1, 2, False)  # builds without weights
+
+    pre = workspace.pre / "Dataset990_SwinSynthetic"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    tr = nnUNetTrainerSwinUnetIN1k(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()),
+                                   torch.device("cpu"))
+    tr.initialize()
+    with pytest.raises(RuntimeError) as err:
+        tr._maybe_load_imagenet()
+    msg = str(err.value)
+    assert "NNUNET_SWIN_PRETRAINED" in msg and "timm.create_model" in msg and "missing.pth" in msg
+
+    # a Swin-T checkpoint file (timm layout, random values) is loaded into the encoder
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    path = tmp_path / "swin_t.pth"
+    torch.save(ref.state_dict(), path)
+    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(path))
+    tr._maybe_load_imagenet()
+    assert tr.imagenet_report is not None
+    ours = tr.network.state_dict()
+    key = next(k for k in ours if k.startswith("encoder.") and k.endswith("1.blocks.0.attn.qkv.weight"))
+    assert torch.equal(ours[key], ref.layers[1].blocks[0].attn.qkv.weight.detach())
