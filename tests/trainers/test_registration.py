@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -87,18 +88,20 @@ def test_wheel_hook_lets_a_fresh_process_find_every_trainer(tmp_path):
     user_dir = tmp_path / "user_ext"
     user_dir.mkdir()
     shutil.copy(HERE / "user_trainers.py", user_dir)
-    # a fresh interpreter: the repo is not importable (cwd elsewhere, no PYTHONPATH); site.addsitedir
-    # processes the installed .pth exactly as interpreter start-up does for site-packages
+    # a fresh interpreter (-S: this environment's own .pth hook, present when the project is pip-installed
+    # here, must not register its copy first); site.addsitedir processes the wheel's .pth exactly as
+    # interpreter start-up does for site-packages; this environment's packages come after it on sys.path
     code = (
-        "import os, sys, site; site.addsitedir(sys.argv[1]);"
+        "import os, sys, site; site.addsitedir(sys.argv[1]); sys.path.extend(sys.argv[2].split(os.pathsep));"
         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find;"
-        "names = sys.argv[2:];"
+        "names = sys.argv[3:];"
         "found = [find(n) for n in names];"
         "print('ENV', os.environ['nnUNet_extTrainer']);"
         "print('MODS', sorted({c.__module__.split('.')[0] for c in found}));"
         "import nnunet_swin; print('FROM', nnunet_swin.__file__)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(target), *PLUGIN_TRAINERS, "TestSwin_1skip"],
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(target), os.pathsep.join(site.getsitepackages()),
+                           *PLUGIN_TRAINERS, "TestSwin_1skip"],
                           env=_clean_env(**{ENV_VAR: str(user_dir)}), cwd=str(tmp_path), capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
