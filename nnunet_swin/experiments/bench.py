@@ -10,11 +10,10 @@ allocated or, on the CPU, the process's peak RSS since the model's first step.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_swin.experiments.runner import atomic_write
 from nnunet_swin.network import SwinUnet
 
 __all__ = ["BenchResult", "Candidate", "bench_command", "candidates", "complexity_table", "format_table",
@@ -265,31 +265,20 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(results: list[BenchResult], out_prefix: str, meta: dict, png: bool = False) -> list[str]:
     """``<prefix>.csv``, ``<prefix>.json`` (with the run's settings) and optionally ``<prefix>.png``."""
     rows = [asdict(r) for r in results]
     fields = [k for k in rows[0] if k != "extra"]
-    lines = [",".join(fields)] + [",".join(_csv_cell(r[k]) for k in fields) for r in rows]
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     written = [out_prefix + ".csv", out_prefix + ".json"]
-    _atomic_write(written[0], "\n".join(lines) + "\n")
-    _atomic_write(written[1], json.dumps({"meta": meta, "results": rows}, indent=1, default=str))
+    atomic_write(written[0], table.getvalue())
+    atomic_write(written[1], json.dumps({"meta": meta, "results": rows}, indent=1, default=str))
     if png:
         written.append(_bar_chart(results, out_prefix + ".png"))
     return written
-
-
-def _csv_cell(v) -> str:
-    s = f"{v:.6g}" if isinstance(v, float) else str(v)
-    return '"' + s.replace('"', "'") + '"' if ("," in s or '"' in s) else s
 
 
 def _bar_chart(results: list[BenchResult], path: str) -> str:
@@ -307,12 +296,10 @@ def _bar_chart(results: list[BenchResult], path: str) -> str:
         ax.set_xlabel(label)
     axes[1].set_yticklabels([])
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -385,7 +372,7 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
         rows = complexity_table(h, w, device=device, batch=batch)
         print(format_complexity(rows, h, w, 96, 7))
         if out:
-            _atomic_write(out + "_complexity.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
+            atomic_write(out + "_complexity.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                                 indent=1))
         return 0
     print(f"nnunet-swin bench: patch {hw[0]}x{hw[1]}, batch {batch}, {device} ({meta['card']}), "
