@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -63,6 +64,10 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, capsys):
     meta = json.load(open(f"{out}.json"))["meta"]
     assert meta["patch"] == [64, 64] and meta["device"] == "cpu"
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(f"{out}.csv").st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv", "bench.json", "bench.png"]  # no temp files
 
 
 def test_cli_refuses_cuda_without_a_gpu(capsys):
