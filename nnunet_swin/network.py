@@ -65,10 +65,6 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return F.layer_norm(x, weight.shape, weight, bias)  # eps 1e-5, as nn.LayerNorm and the official code
 
 
-def _gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x)
-
-
 def norm_linear(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | nn.Conv2d) -> torch.Tensor:
     """``linear(norm(x))`` on channels-last tokens keeping only ``x`` for backward (a 1x1 convolution
     counts as a linear layer)."""
@@ -84,7 +80,7 @@ def gelu_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(gelu(x))`` keeping only ``x`` for backward."""
     if not torch.is_grad_enabled() or _is_compiling():
         return linear(F.gelu(x))
-    return _RecomputedLinear.apply(x, linear.weight, linear.bias, _gelu)
+    return _RecomputedLinear.apply(x, linear.weight, linear.bias, F.gelu)
 
 
 def window_geometry(size: int, window: int, shifted: bool) -> tuple[int, int]:
@@ -114,7 +110,7 @@ def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor
     return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
 
 
-def _band_labels(size: int, padded: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+def _band_labels(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
     """Region label of every position along one axis of the rolled, padded map.
 
     After the cyclic roll the last ``shift`` real positions are the wrapped-around ones (region 1);
@@ -141,8 +137,8 @@ def attention_mask(
     hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
     if not (sh or sw or hp != h or wp != w):
         return None
-    rows = _band_labels(h, hp, wh, sh, device)
-    cols = _band_labels(w, wp, ww, sw, device)
+    rows = _band_labels(h, hp, sh, device)
+    cols = _band_labels(w, wp, sw, device)
     pad = ((rows == 2)[:, None] | (cols == 2)[None, :]).float()
     region = (rows[:, None] * 3 + cols[None, :]).float()
     both = torch.stack([region, pad], -1)[None]  # 1, Hp, Wp, 2
@@ -198,34 +194,23 @@ class WindowAttention(nn.Module):
         )
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self._clamped_indices: dict[tuple, torch.Tensor] = {}  # clamped windows of small stages
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def _index(self, wh: int, ww: int) -> torch.Tensor:
+    def window_index(self, wh: int, ww: int) -> torch.Tensor:
+        """Bias-table index for a wh x ww window (the buffer for the full window, else the clamped one)."""
         if (wh, ww) == (self.window_size, self.window_size):
             return self.relative_position_index
-        device = self.relative_position_index.device
-        if _is_compiling():
-            return relative_position_index(wh, ww, self.window_size).to(device)
-        key = (wh, ww, device)
-        if key not in self._clamped_indices:
-            self._clamped_indices[key] = relative_position_index(wh, ww, self.window_size).to(device)
-        return self._clamped_indices[key]
+        return relative_position_index(wh, ww, self.window_size).to(self.relative_position_index.device)
 
-    def _bias(self, wh: int, ww: int) -> torch.Tensor:
-        index = self._index(wh, ww)
-        n = wh * ww
-        return self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
-
-    def forward(self, x: torch.Tensor, wh: int, ww: int, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
                 norm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows, normalised by ``norm`` first; mask: (nW, N, N) or None.
-        Returns (B, nW, N, C)."""
+        """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) from ``window_index``;
+        mask: (nW, N, N) or None. Returns (B, nW, N, C)."""
         b, nw, n, c = x.shape
         heads = self.num_heads
         qkv = norm_linear(x, norm, self.qkv).view(b, nw, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)  # each B, nW, heads, N, d
-        bias = self._bias(wh, ww)
+        bias = self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
         if self.fused:
             if mask is None:  # one (heads, N, N) bias for every window and image
                 q, k, v = (t.reshape(b * nw, heads, n, self.head_dim) for t in (q, k, v))
@@ -283,7 +268,7 @@ class SwinBlock(nn.Module):
         self._cache: dict[tuple, tuple] = {}
 
     def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
-        """Window shape, token order, inverse order and mask for an h x w stage; cached per size in eager
+        """Window shape, token orders, bias index and mask for an h x w stage; cached per size in eager
         mode, built in-graph from static sizes under torch.compile (no Python state mutated there)."""
         key = (h, w, device)
         if key in self._cache and not _is_compiling():
@@ -291,7 +276,8 @@ class SwinBlock(nn.Module):
         wh, sh = window_geometry(h, self.window_size, self.shifted)
         ww, sw = window_geometry(w, self.window_size, self.shifted)
         order, inverse = window_order(h, w, wh, ww, sh, sw, device)
-        geometry = (wh, ww, order, inverse, attention_mask(h, w, wh, ww, sh, sw, device))
+        mask = attention_mask(h, w, wh, ww, sh, sw, device)
+        geometry = (wh, ww, order, inverse, self.attn.window_index(wh, ww), mask)
         if not _is_compiling():
             self._cache[key] = geometry
         return geometry
@@ -302,12 +288,12 @@ class SwinBlock(nn.Module):
         padding tokens then hold norm1's bias instead of zeros, which cannot matter because they are
         masked out of every real token's attention."""
         b, h, w, c = x.shape
-        wh, ww, order, inverse, mask = self._geometry(h, w, x.device)
+        wh, ww, order, inverse, index, mask = self._geometry(h, w, x.device)
         tokens = x.reshape(b, h * w, c)
         if order.numel() > h * w:  # padded windows read a zero token appended at index h * w
             tokens = F.pad(tokens, (0, 0, 0, 1))
         windows = tokens.index_select(1, order).view(b, -1, wh * ww, c)
-        out = self.attn(windows, wh, ww, mask, norm=self.norm1).view(b, -1, c)
+        out = self.attn(windows, index, mask, norm=self.norm1).view(b, -1, c)
         return out.index_select(1, inverse).view(b, h, w, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from nnunet_swin.network import NUM_STAGES, SwinBlock, SwinUnet, attention_mask, window_geometry
 

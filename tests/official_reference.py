@@ -12,7 +12,6 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def window_partition(x: torch.Tensor, m: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
