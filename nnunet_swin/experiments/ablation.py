@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from nnunet_swin.experiments.metrics import (
+    DEFAULT_NSD_TOLERANCE_MM,
+    EMPTY_CONVENTION,
+    METRICS,
+    fmt,
+    fmt_p,
+    mean_std,
+    per_case_rows,
+    pm,
+    wilcoxon_p,
+)
 from nnunet_swin.experiments.runner import (
     COMPLETE,
     Job,
@@ -47,21 +57,11 @@ DEFAULT_TRAINER_PATTERN = "nnUNetTrainerSwinUnet_{k}skip"
 DEFAULT_SKIPS = (0, 1, 2, 3)
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 REFERENCE_SKIPS = 3
-DEFAULT_NSD_TOLERANCE_MM = 1.0
 MEAN_LABEL = "mean"
 
 PER_CASE_COLUMNS = ("skips", "fold", "case", "label", "label_value", "dice", "hd95_mm", "nsd", "n_ref", "n_pred",
                     "trainer")
-METRICS = ("dice", "hd95_mm", "nsd")
 
-EMPTY_CONVENTION = (
-    "Empty masks: Dice is nnU-Net's (from `validation/summary.json`): NaN when prediction and reference are "
-    "both empty, 0 when exactly one is. HD95 and NSD are MONAI's (`compute_hausdorff_distance(percentile=95)`, "
-    "`compute_surface_dice`) with the spacing of the reference image; when both masks are empty they are NaN; "
-    "when exactly one is empty MONAI's HD95 is undefined and is set here to the image diagonal in mm (the "
-    "largest distance possible in the image), NSD is 0. NaN values are left out of means, stds and tests "
-    "(n_cases counts the values used)."
-)
 
 
 # --- jobs --------------------------------------------------------------------------------------------
@@ -88,120 +88,6 @@ def default_out_dir(dataset: str, plans: str, configuration: str, environ=None) 
     return os.path.join(results, resolve_dataset_name(dataset, environ), f"ablation_skips__{plans}__{configuration}")
 
 
-# --- per-case metrics ---------------------------------------------------------------------------------
-def _model_folder(fold_dir: str) -> str:
-    return os.path.dirname(os.path.abspath(fold_dir))
-
-
-def _load_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-@dataclass
-class _CaseContext:
-    reader: object
-    file_ending: str
-    labels: list  # (key as in summary.json, name, label or region)
-    ignore_label: int | None
-
-
-def _context(fold_dir: str, environ) -> _CaseContext:
-    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    model = _model_folder(fold_dir)
-    dataset_json = _load_json(os.path.join(model, "dataset.json"))
-    plans = _load_json(os.path.join(model, "plans.json"))
-    pm = PlansManager(plans)
-    lm = pm.get_label_manager(dataset_json)
-    targets = lm.foreground_regions if lm.has_regions else lm.foreground_labels
-    names = {}
-    for name, value in dataset_json["labels"].items():
-        key = tuple(value) if isinstance(value, (list, tuple)) else int(value)
-        names[key if not (isinstance(key, tuple) and len(key) == 1) else key[0]] = name
-    labels = []
-    for t in targets:
-        t_key = tuple(t) if isinstance(t, (list, tuple)) else int(t)
-        labels.append((label_or_region_to_key(t_key), names.get(t_key, str(t_key)), t_key))
-    return _CaseContext(pm.image_reader_writer_class(), dataset_json["file_ending"], labels, lm.ignore_label)
-
-
-def _squeeze_spatial(seg, spacing):
-    """(c, z, y, x)-style array from nnU-Net's reader -> spatial array without singleton axes + spacing."""
-    import numpy as np
-
-    arr = np.asarray(seg)[0]
-    sp = [float(s) for s in spacing][-arr.ndim:]
-    keep = [i for i, s in enumerate(arr.shape) if s > 1] or list(range(arr.ndim))
-    return arr.reshape([arr.shape[i] for i in keep]), [sp[i] for i in keep]
-
-
-def surface_metrics(pred_mask, ref_mask, spacing: Sequence[float], nsd_tolerance_mm: float) -> tuple[float, float]:
-    """(HD95 in mm, NSD at the tolerance) via MONAI, with this module's empty-mask convention."""
-    import numpy as np
-    import torch
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-
-    p_any, r_any = bool(pred_mask.any()), bool(ref_mask.any())
-    if not p_any and not r_any:
-        return math.nan, math.nan
-    if p_any != r_any:
-        diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(ref_mask.shape, spacing))))
-        return diagonal, 0.0
-    p = torch.from_numpy(np.ascontiguousarray(pred_mask, dtype=np.float32))[None, None]
-    r = torch.from_numpy(np.ascontiguousarray(ref_mask, dtype=np.float32))[None, None]
-    sp = [float(s) for s in spacing]
-    hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp).item()
-    nsd = compute_surface_dice(p, r, [float(nsd_tolerance_mm)], include_background=True, spacing=sp).item()
-    return float(hd), float(nsd)
-
-
-def per_case_rows(job: Job, skips: int, environ=None, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> list[dict]:
-    """Rows of per_case.csv for one completed run, from its ``validation/`` folder."""
-    import numpy as np
-    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
-
-    environ = os.environ if environ is None else environ
-    fold_dir = job.fold_dir(environ)
-    val_dir = os.path.join(fold_dir, "validation")
-    summary = _load_json(os.path.join(val_dir, "summary.json"))
-    ctx = _context(fold_dir, environ)
-    gt_dir = os.path.join(environ.get("nnUNet_preprocessed", ""), resolve_dataset_name(job.dataset, environ),
-                          "gt_segmentations")
-    rows = []
-    for entry in summary["metric_per_case"]:
-        pred_file = entry.get("prediction_file", "")
-        base = os.path.basename(pred_file)
-        if not os.path.isfile(pred_file):
-            pred_file = os.path.join(val_dir, base)
-        ref_file = entry.get("reference_file", "")
-        if not os.path.isfile(ref_file):
-            ref_file = os.path.join(gt_dir, os.path.basename(ref_file) or base)
-        case = base[: -len(ctx.file_ending)] if base.endswith(ctx.file_ending) else os.path.splitext(base)[0]
-        ref_seg, ref_props = ctx.reader.read_seg(ref_file)
-        pred_seg, _ = ctx.reader.read_seg(pred_file)
-        ref, spacing = _squeeze_spatial(ref_seg, ref_props["spacing"])
-        pred, _ = _squeeze_spatial(pred_seg, ref_props["spacing"])
-        if pred.shape != ref.shape:
-            raise ValueError(f"{pred_file}: prediction shape {pred.shape} differs from reference {ref.shape}")
-        valid = None if ctx.ignore_label is None else ref != ctx.ignore_label
-        for key, name, target in ctx.labels:
-            r_mask = region_or_label_to_mask(ref, target)
-            p_mask = region_or_label_to_mask(pred, target)
-            if valid is not None:
-                r_mask, p_mask = r_mask & valid, p_mask & valid
-            nn_metrics = entry.get("metrics", {}).get(key, {})
-            dice = nn_metrics.get("Dice", math.nan)
-            dice = math.nan if dice is None else float(dice)
-            hd, nsd = surface_metrics(p_mask, r_mask, spacing, nsd_tolerance_mm)
-            rows.append({"skips": int(skips), "fold": job.fold, "case": case, "label": name,
-                         "label_value": key, "dice": dice, "hd95_mm": hd, "nsd": nsd,
-                         "n_ref": int(np.count_nonzero(r_mask)), "n_pred": int(np.count_nonzero(p_mask)),
-                         "trainer": job.trainer})
-    return rows
-
-
 # --- summary -----------------------------------------------------------------------------------------
 def _with_mean_label(rows: list[dict]) -> list[dict]:
     """Append per-case rows with label 'mean': the mean over labels (NaNs left out) of each metric."""
@@ -222,34 +108,6 @@ def _with_mean_label(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _mean_std(values) -> tuple[float, float, int]:
-    import numpy as np
-
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
-    if v.size == 0:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
-
-
-def wilcoxon_p(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
-    """Two-sided paired Wilcoxon signed-rank p-value over the pairs where both values are finite."""
-    import numpy as np
-    from scipy.stats import wilcoxon
-
-    a, b = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    n = int(a.size)
-    if n == 0:
-        return math.nan, 0
-    if np.allclose(a, b):
-        return 1.0, n
-    try:
-        return float(wilcoxon(a, b).pvalue), n
-    except ValueError:
-        return math.nan, n
-
-
 def summarize(rows: list[dict], reference: int = REFERENCE_SKIPS) -> list[dict]:
     """summary.csv rows: per skip count and label, mean/std over cases and over folds for each metric and
     the Wilcoxon test against ``reference`` skips (paired by fold and case)."""
@@ -266,9 +124,9 @@ def summarize(rows: list[dict], reference: int = REFERENCE_SKIPS) -> list[dict]:
             folds = sorted({r["fold"] for r in sel}, key=str)
             row = {"skips": k, "label": label, "n_folds": len(folds)}
             for metric in METRICS:
-                mean, std, n = _mean_std([r[metric] for r in sel])
-                fold_means = [_mean_std([r[metric] for r in sel if r["fold"] == f])[0] for f in folds]
-                fmean, fstd, _ = _mean_std(fold_means)
+                mean, std, n = mean_std([r[metric] for r in sel])
+                fold_means = [mean_std([r[metric] for r in sel if r["fold"] == f])[0] for f in folds]
+                fmean, fstd, _ = mean_std(fold_means)
                 row.update({f"{metric}_mean_cases": mean, f"{metric}_std_cases": std, f"{metric}_n_cases": n,
                             f"{metric}_mean_folds": fmean, f"{metric}_std_folds": fstd})
                 if k != reference and any(key[0] == reference for key in index):
@@ -294,24 +152,6 @@ def summarize(rows: list[dict], reference: int = REFERENCE_SKIPS) -> list[dict]:
 SUMMARY_COLUMNS = ["skips", "label", "n_folds"] + [
     f"{m}_{s}" for m in METRICS for s in ("mean_cases", "std_cases", "n_cases", "mean_folds", "std_folds",
                                           "diff_vs_ref", "wilcoxon_p_vs_ref", "n_pairs")]
-
-
-def _fmt(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
-def _pm(mean, std, digits=3) -> str:
-    if mean is None or not math.isfinite(mean):
-        return "–"
-    return _fmt(mean, digits) + ("" if std is None or not math.isfinite(std) else f" ± {_fmt(std, digits)}")
-
-
-def _p(p) -> str:
-    if p is None or not math.isfinite(p):
-        return "–"
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def trend_statement(summary: list[dict], metric: str = "dice") -> str:
@@ -350,10 +190,10 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
     lines.append("|---:|---|---|---|---|---|---|---|---|---:|")
     for r in summary:
         lines.append(
-            f"| {r['skips']} | {r['label']} | {_pm(r['dice_mean_cases'], r['dice_std_cases'])} | "
-            f"{_pm(r['dice_mean_folds'], r['dice_std_folds'])} | {_pm(r['hd95_mm_mean_cases'], r['hd95_mm_std_cases'], 2)} | "
-            f"{_pm(r['nsd_mean_cases'], r['nsd_std_cases'])} | {_fmt(r['dice_diff_vs_ref'])} | "
-            f"{_p(r['dice_wilcoxon_p_vs_ref'])} | {_p(r['hd95_mm_wilcoxon_p_vs_ref'])} | {r['dice_n_cases']} |")
+            f"| {r['skips']} | {r['label']} | {pm(r['dice_mean_cases'], r['dice_std_cases'])} | "
+            f"{pm(r['dice_mean_folds'], r['dice_std_folds'])} | {pm(r['hd95_mm_mean_cases'], r['hd95_mm_std_cases'], 2)} | "
+            f"{pm(r['nsd_mean_cases'], r['nsd_std_cases'])} | {fmt(r['dice_diff_vs_ref'])} | "
+            f"{fmt_p(r['dice_wilcoxon_p_vs_ref'])} | {fmt_p(r['hd95_mm_wilcoxon_p_vs_ref'])} | {r['dice_n_cases']} |")
     lines += ["", "Mean ± std. *(cases)*: over all validation cases of all folds; *(folds)*: over the per-fold "
               "means. p: two-sided paired Wilcoxon signed-rank test (scipy) against "
               f"{ref} skips over the cases (paired by fold and case), no correction for multiple comparisons."
@@ -366,8 +206,8 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
             wall = r.get("wall_time_s")
             lines.append(f"| {r.get('skips', '')} | {r['fold']} | {r['trainer']} | {r['status']} | "
                          f"{r.get('epochs') if r.get('epochs') is not None else '–'} | "
-                         f"{_fmt(wall / 60, 1) if isinstance(wall, (int, float)) else '–'} | "
-                         f"{_fmt(r.get('peak_gpu_mem_mb'), 0) if r.get('peak_gpu_mem_mb') else '–'} |")
+                         f"{fmt(wall / 60, 1) if isinstance(wall, (int, float)) else '–'} | "
+                         f"{fmt(r.get('peak_gpu_mem_mb'), 0) if r.get('peak_gpu_mem_mb') else '–'} |")
         lines.append("")
     if missing:
         lines += ["## Missing", "", "These runs are not complete and are left out of the tables:", ""]
@@ -449,7 +289,7 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
             res.missing.append(f"{k} skips, fold {job.fold} ({job.trainer}): no checkpoint_final.pth + "
                                f"validation/summary.json in {job.fold_dir(environ)}")
             continue
-        res.per_case.extend(per_case_rows(job, int(k), environ, meta["nsd_tolerance_mm"]))
+        res.per_case.extend(({"skips": int(k), **row} for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"])))
     os.makedirs(out_dir, exist_ok=True)
     records = _run_rows(jobs, out_dir, environ)
     runs_csv = os.path.join(out_dir, "runs.csv")
