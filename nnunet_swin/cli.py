@@ -1,7 +1,8 @@
 """``nnunet-swin``: a thin argparse front end; every subcommand lives in its own module.
 
-Later subcommands (``bench``, ``ablate-skips``, ``benchmark-msd``) add a ``_add_<name>`` function that
-registers a subparser with ``set_defaults(func=...)``.
+Each subcommand is registered by a function that adds its subparser with ``set_defaults(func=...)``:
+``_add_<name>`` here for the small ones, ``add_<name>_parser`` in the experiment modules for
+``ablate-skips`` and ``benchmark-msd``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 
 from nnunet_swin.experiments.ablation import add_ablate_skips_parser
+from nnunet_swin.experiments.msd_benchmark import add_benchmark_msd_parser
 
 
 def _add_demo(sub) -> None:
@@ -103,7 +105,7 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench, add_ablate_skips_parser):
+    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench, add_ablate_skips_parser, add_benchmark_msd_parser):
         add(sub)
     return parser
 

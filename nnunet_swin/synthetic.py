@@ -1,12 +1,13 @@
-"""Small 2D data sets in nnU-Net raw format: a synthetic generator (demo, tests, ablations, benchmarks)
-and a converter for the ISBI 2012 membrane images.
+"""Small data sets: a synthetic 2D generator in nnU-Net raw format (demo, tests, ablations, benchmarks),
+the same task as 3D volumes in the Medical Segmentation Decathlon's layout (MSD benchmark tests), and a
+converter for the ISBI 2012 membrane images.
 
 Synthetic task: grey textured background with bright discs (label 1) and dark bars (label 2),
 smooth shading, blur and noise. Easy enough that a short training gets a clear Dice, hard enough that
 a trivial prediction does not (the shapes cover ~10-25 % of the image).
 
-Only numpy, scipy and Pillow (all nnU-Net dependencies); images are written as PNG, the format nnU-Net
-reads 2D natural images in (``NaturalImage2DIO``).
+Only numpy, scipy, Pillow and nibabel (all nnU-Net dependencies); 2D images are written as PNG, the format
+nnU-Net reads 2D natural images in (``NaturalImage2DIO``), MSD volumes as NIfTI.
 """
 
 from __future__ import annotations
@@ -129,6 +130,60 @@ def write_synthetic_dataset(
     train = [(f"syn_{i:03d}", *synthetic_case(rng, shape)) for i in range(num_train)]
     test = [(f"syn_test_{i:03d}", *synthetic_case(rng, shape)) for i in range(num_test)]
     return write_raw_dataset(raw_root, dataset_id, name, train, test, SYNTHETIC_LABELS, "synthetic")
+
+
+def write_msd_task(
+    parent: str,
+    task: str = "Task97_SynthMSD",
+    num_train: int = 6,
+    num_test: int = 1,
+    shape: Sequence[int] = (6, 48, 64),
+    modalities: Sequence[str] = ("MRI",),
+    spacing: Sequence[float] = (3.0, 1.0, 1.0),
+    seed: int = 0,
+) -> str:
+    """A task folder as the Decathlon ships it: ``imagesTr``/``labelsTr``/``imagesTs`` NIfTI volumes (4D with
+    the modalities last when there are several, as in MSD), and MSD's ``dataset.json`` (``modality``,
+    ``labels`` with string keys, ``training`` pairs, ``test``). ``shape`` and ``spacing`` are (z, y, x);
+    every slice is an independent synthetic case. Returns the folder."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(parent, task)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    prefix = task.split("_", 1)[1].lower()
+    affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
+
+    def volume() -> tuple[np.ndarray, np.ndarray]:
+        slices = [synthetic_case(rng, shape[1:]) for _ in range(int(shape[0]))]
+        img = np.stack([s[0] for s in slices]).astype(np.float32)  # z, y, x
+        seg = np.stack([s[1] for s in slices])
+        channels = [img] + [255 - img + rng.normal(0, 5, img.shape) for _ in modalities[1:]]
+        data = np.stack([c.transpose(2, 1, 0) for c in channels], -1)  # x, y, z, c as NIfTI stores it
+        return (data if len(modalities) > 1 else data[..., 0]).astype(np.float32), seg.transpose(2, 1, 0)
+
+    training, test = [], []
+    for i in range(num_train + num_test):
+        name = f"{prefix}_{i:03d}.nii.gz"
+        img, seg = volume()
+        split = "Tr" if i < num_train else "Ts"
+        nib.save(nib.Nifti1Image(img, affine), os.path.join(folder, f"images{split}", name))
+        if split == "Tr":
+            nib.save(nib.Nifti1Image(seg.astype(np.uint8), affine), os.path.join(folder, "labelsTr", name))
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        else:
+            test.append(f"./imagesTs/{name}")
+    dataset_json = {
+        "name": task.split("_", 1)[1], "description": "synthetic, written by nnunet_swin.synthetic.write_msd_task",
+        "tensorImageSize": "4D" if len(modalities) > 1 else "3D",
+        "modality": {str(i): m for i, m in enumerate(modalities)},
+        "labels": {str(v): k for k, v in SYNTHETIC_LABELS.items()},
+        "numTraining": len(training), "numTest": len(test), "training": training, "test": test,
+    }
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=4)
+    return folder
 
 
 # --- real data: ISBI 2012 membranes ------------------------------------------------------------------

@@ -101,7 +101,7 @@ def _csv_value(v):
     return v
 
 
-def _env_path(var: str, environ=None) -> str:
+def env_path(var: str, environ=None) -> str:
     environ = os.environ if environ is None else environ
     value = environ.get(var)
     if not value:
@@ -166,7 +166,7 @@ class Job:
         return f"{ds}__{self.model_folder_name}__fold_{self.fold}"
 
     def fold_dir(self, environ=None) -> str:
-        return os.path.join(_env_path("nnUNet_results", environ), resolve_dataset_name(self.dataset, environ),
+        return os.path.join(env_path("nnUNet_results", environ), resolve_dataset_name(self.dataset, environ),
                             self.model_folder_name, f"fold_{self.fold}")
 
     def tag_dict(self) -> dict:
@@ -273,24 +273,31 @@ def save_record(records_dir: str, record: RunRecord) -> None:
     atomic_write(record_path(records_dir, record.job), json.dumps(record.to_dict(), indent=2))
 
 
-def epochs_from_logs(fold_dir: str) -> int | None:
-    """Number of epochs trained, from nnU-Net's ``training_log_*.txt`` ("...: Epoch N" lines), over all
-    the logs of the folder (a resumed run writes a new log)."""
-    best = None
+def _training_log_lines(fold_dir: str) -> Iterable[str]:
+    """Lines of every nnU-Net ``training_log_*.txt`` in the folder (a resumed run writes a new log)."""
     try:
-        names = [n for n in os.listdir(fold_dir) if n.startswith("training_log") and n.endswith(".txt")]
+        names = sorted(n for n in os.listdir(fold_dir) if n.startswith("training_log") and n.endswith(".txt"))
     except OSError:
-        return None
+        return
     for name in names:
         try:
             with open(os.path.join(fold_dir, name), errors="replace") as f:
-                for line in f:
-                    m = re.search(r":\s*Epoch (\d+)\s*$", line)
-                    if m:
-                        best = max(best or 0, int(m.group(1)) + 1)
+                yield from f
         except OSError:
             continue
-    return best
+
+
+def epochs_from_logs(fold_dir: str) -> int | None:
+    """Number of epochs trained, from nnU-Net's training logs ("...: Epoch N" lines)."""
+    epochs = [int(m.group(1)) + 1 for m in map(re.compile(r":\s*Epoch (\d+)\s*$").search, _training_log_lines(fold_dir))
+              if m]
+    return max(epochs) if epochs else None
+
+
+def epoch_times_from_logs(fold_dir: str) -> list[float]:
+    """Seconds per epoch as nnU-Net logs them ("Epoch time: 12.34 s"), training and its validation step."""
+    pattern = re.compile(r"Epoch time:\s*([0-9.]+)\s*s")
+    return [float(m.group(1)) for m in map(pattern.search, _training_log_lines(fold_dir)) if m]
 
 
 def log_tail(path: str, lines: int = 40) -> str:
@@ -317,7 +324,7 @@ def write_runs_csv(path: str, records: Sequence[RunRecord | dict], tag_names: Se
 
 
 # --- running -----------------------------------------------------------------------------------------
-def _child_env(base: dict | None, gpu: str | None) -> dict:
+def child_env(base: dict | None, gpu: str | None) -> dict:
     env = dict(os.environ if base is None else base)
     # The training process must import this very nnunet_swin (for the wrapper and the plugin trainers).
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -363,7 +370,7 @@ def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | N
     with open(log_path, "a") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {planned.command()}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(environ, gpu),
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(environ, gpu),
                                 stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait()

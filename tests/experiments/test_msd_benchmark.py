@@ -1,0 +1,252 @@
+"""Tests of ``nnunet-swin benchmark-msd`` (nnunet_swin/experiments/msd_benchmark.py).
+
+End to end on the CPU: a synthetic task in the Decathlon's layout (3D NIfTI with two modalities, MSD's
+dataset.json), given as its .tar next to a malformed task, is converted by ``nnUNetv2_convert_MSD_dataset``,
+planned and preprocessed, trained with two short trainers (a tiny Swin-Unet and nnU-Net's CNN, one epoch of
+two iterations) for fold 0 through ``nnUNetv2_train``, judged by ``find_best_configuration`` and written to
+leaderboards; the second call trains nothing. Model lists, ranking and the dry run are tested without
+training.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from nnunet_swin.experiments import msd_benchmark as mb
+from nnunet_swin.experiments.msd_benchmark import Model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "scripts", "msd_benchmark.py")
+DATASET = "Dataset097_SynthMSD"
+
+TRAINER_MODULE = '''
+"""Short trainers for the MSD benchmark tests (nnU-Net finds them through nnUNet_extTrainer)."""
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_swin.trainers import nnUNetTrainerSwinUnet_3skip
+
+
+class _Short:
+    # nnU-Net records the init arguments by name: keep nnUNetTrainer's exact signature.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        torch.set_num_threads(1)  # 2 shared cores: threads only contend
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+
+class MsdShortSwin(_Short, nnUNetTrainerSwinUnet_3skip):
+    network_options = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": 4,
+                       "drop_path_rate": 0.0}
+
+
+class MsdShortCNN(_Short, nnUNetTrainer):
+    pass
+'''
+TRAINERS = ["MsdShortSwin:2d", "MsdShortCNN"]
+
+
+def _env(root: str) -> dict:
+    env = dict(os.environ)
+    env.update({var: os.path.join(root, var) for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    env.update({
+        "nnUNet_extTrainer": os.path.join(root, "ext"),
+        "nnUNet_n_proc_DA": "0",
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "f",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    })
+    return env
+
+
+def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=1200,
+                          cwd=REPO)
+
+
+def _read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """Two calls of the same benchmark: the first with a malformed task beside the good one (as an archive),
+    the second for the good task only (``--tasks 97``)."""
+    from nnunet_swin.synthetic import write_msd_task
+
+    root = str(tmp_path_factory.mktemp("msdbench"))
+    env = _env(root)
+    os.makedirs(env["nnUNet_extTrainer"])
+    with open(os.path.join(env["nnUNet_extTrainer"], "msd_test_trainers.py"), "w") as f:
+        f.write(TRAINER_MODULE)
+    downloads = os.path.join(root, "downloads")
+    folder = write_msd_task(os.path.join(root, "unpacked"), "Task97_SynthMSD", num_train=6, num_test=1,
+                            shape=(4, 40, 48), modalities=("T2", "ADC"))
+    os.makedirs(downloads)
+    with tarfile.open(os.path.join(downloads, "Task97_SynthMSD.tar"), "w") as tf:
+        tf.add(folder, arcname="Task97_SynthMSD")
+    broken = os.path.join(downloads, "Task98_Broken")
+    os.makedirs(os.path.join(broken, "imagesTr"))
+    out = os.path.join(root, "out")
+    common = ["--trainers", *TRAINERS, "--folds", "0", "--device", "cpu", "-np", "1", "--out", out]
+    first = _run([downloads, *common], env)
+    plans = os.path.join(env["nnUNet_preprocessed"], DATASET, "nnUNetPlans.json")
+    plans_mtime = os.path.getmtime(plans) if os.path.exists(plans) else None
+    second = _run([downloads, "--tasks", "97", *common], env)
+    return {"root": root, "env": env, "out": out, "first": first, "second": second, "plans": plans,
+            "plans_mtime": plans_mtime, "downloads": downloads, "common": common}
+
+
+@pytest.mark.slow
+def test_first_call_reports_the_malformed_task_and_benchmarks_the_good_one(bench):
+    first = bench["first"]
+    text = first.stdout + first.stderr
+    assert first.returncode == 1, text[-3000:]  # a task was skipped
+    assert "[SKIPPED]" in text and "Task98_Broken: malformed MSD task" in text and "labelsTr/ is missing" in text
+    assert sorted(os.listdir(bench["env"]["nnUNet_raw"])) == [DATASET]  # nothing of the broken task, no staging
+    for program in ("nnUNetv2_convert_MSD_dataset", "nnUNetv2_plan_and_preprocess", "nnUNetv2_train"):
+        assert f"[run] {program}" in text
+    assert "[run] find_best_configuration" in text
+
+
+@pytest.mark.slow
+def test_leaderboard_has_a_row_per_trainer_with_real_values(bench):
+    rows = _read_csv(os.path.join(bench["out"], DATASET, "leaderboard.csv"))
+    assert sorted(r["trainer"] for r in rows) == ["MsdShortCNN", "MsdShortSwin"]
+    assert sorted(r["rank"] for r in rows) == ["1", "2"]
+    assert float(rows[0]["dice_mean"]) >= float(rows[1]["dice_mean"])
+    for r in rows:
+        assert r["configuration"] == "2d" and r["plans"] == "nnUNetPlans" and r["folds"] == "1/1"
+        # our mean over labels of per-label means is nnU-Net's own cross-validation foreground mean
+        assert float(r["dice_mean"]) == pytest.approx(float(r["cv_dice_nnunet"]), abs=1e-5)
+        for label in ("disc", "bar"):
+            assert 0.0 <= float(r[f"dice[{label}]"]) <= 1.0
+            assert float(r[f"hd95_mm[{label}]"]) > 0
+        assert float(r["params_m"]) > 0 and float(r["gmacs_per_patch"]) > 0 and float(r["epoch_time_s"]) > 0
+        assert r["peak_gpu_mem_mb"] == ""  # CPU run
+    swin = next(r for r in rows if r["trainer"] == "MsdShortSwin")
+    assert all(int(s) % 32 == 0 for s in swin["patch_size"].split("x"))  # the plugin's patch rounding
+    assert float(swin["params_m"]) < 0.5  # the tiny network, rebuilt by nnU-Net's predictor
+    assert any(r["selected_by_find_best"] == "yes" for r in rows)
+    assert os.path.isfile(os.path.join(bench["env"]["nnUNet_results"], DATASET, "inference_information.json"))
+    per_case = _read_csv(os.path.join(bench["out"], DATASET, "per_case.csv"))
+    assert len(per_case) == 2 * 2 * 2  # trainers x validation cases of fold 0 x labels
+    md = open(os.path.join(bench["out"], DATASET, "leaderboard.md")).read()
+    assert "| rank | trainer |" in md and "find_best_configuration` picks" in md and "MsdShortSwin" in md
+
+
+@pytest.mark.slow
+def test_overall_leaderboard_and_runs(bench):
+    rows = _read_csv(os.path.join(bench["out"], "leaderboard.csv"))
+    assert sorted(r["trainer"] for r in rows) == ["MsdShortCNN", "MsdShortSwin"]
+    assert sorted(r["mean_rank"] for r in rows) == ["1", "2"] and all(r["tasks_ranked"] == "1" for r in rows)
+    runs = _read_csv(os.path.join(bench["out"], "runs.csv"))
+    assert [(r["task"], r["fold"]) for r in runs] == [("Task97_SynthMSD", "0")] * 2
+    assert "Task97_SynthMSD" in open(os.path.join(bench["out"], "leaderboard.md")).read()
+
+
+@pytest.mark.slow
+def test_second_call_trains_nothing(bench):
+    second = bench["second"]
+    text = second.stdout + second.stderr
+    assert second.returncode == 0, text[-3000:]
+    assert "[run]" not in text
+    assert "already converted" in text and "already preprocessed" in text and "find_best_configuration is current" in text
+    assert os.path.getmtime(bench["plans"]) == bench["plans_mtime"]
+    assert {r["status"] for r in _read_csv(os.path.join(bench["out"], "runs.csv"))} == {"already_complete"}
+
+
+@pytest.mark.slow
+def test_dry_run_prints_what_is_left_and_runs_nothing(bench):
+    before = sorted(os.listdir(bench["env"]["nnUNet_results"]))
+    proc = _run([bench["downloads"], "--tasks", "97", "--trainers", *TRAINERS, "--configurations", "2d", "3d_fullres",
+                 "--resenc", "M", "--folds", "0", "--device", "cpu", "--out", bench["out"], "--dry-run"], bench["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert not any(line.startswith("nnUNetv2_convert_MSD_dataset") for line in lines)  # already converted
+    assert "nnUNetv2_plan_and_preprocess -d 97 -pl ExperimentPlanner -c 3d_fullres -np 4 --verify_dataset_integrity" in lines
+    assert any(line.startswith("nnUNetv2_plan_and_preprocess -d 97 -pl nnUNetPlannerResEncM -c 2d 3d_fullres")
+               for line in lines)
+    trains = [line for line in lines if line.startswith("nnUNetv2_train")]
+    # left to train: MsdShortCNN 3d_fullres, ResEnc M 2d and 3d_fullres; MsdShortSwin is pinned to 2d (complete)
+    assert len(trains) == 3
+    assert not any("MsdShortSwin" in t and "3d_fullres" in t for t in trains)
+    assert any("already complete" in line for line in lines)
+    assert sorted(os.listdir(bench["env"]["nnUNet_results"])) == before
+
+
+@pytest.mark.slow
+def test_slurm_script_and_aggregate_only(bench):
+    script = os.path.join(bench["root"], "submit.sh")
+    proc = _run([bench["downloads"], "--tasks", "97", *bench["common"], "--slurm", script], bench["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = open(script).read()
+    assert "--array=0-1" in text and "afterok" in text and "--aggregate-only" in text
+    assert "nnUNetv2_train Dataset097_SynthMSD 2d 0 -tr MsdShortSwin" in text
+    os.unlink(os.path.join(bench["out"], DATASET, "leaderboard.csv"))
+    proc = _run([bench["downloads"], "--tasks", "97", *bench["common"], "--aggregate-only"], bench["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(_read_csv(os.path.join(bench["out"], DATASET, "leaderboard.csv"))) == 2
+
+
+# --- models, ranking, set-up errors ------------------------------------------------------------------------
+def test_default_models_pair_swin_with_2d_only():
+    notes = []
+    models = mb.build_models(mb.DEFAULT_TRAINERS, ("2d", "3d_fullres"), ("M",), notes.append)
+    assert Model("nnUNetTrainerSwinUnet_2skip", "nnUNetPlans", "2d") in models
+    assert not any("SwinUnet" in m.trainer and m.configuration == "3d_fullres" for m in models)
+    assert Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres") in models
+    assert Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "3d_fullres") in models
+    assert len(models) == 4 + 2 + 2 and not notes
+    assert mb.plans_to_prepare(models) == {"nnUNetPlans": ["2d", "3d_fullres"],
+                                           "nnUNetResEncUNetMPlans": ["2d", "3d_fullres"]}
+    only_3d = mb.build_models(mb.DEFAULT_TRAINERS, ("3d_fullres",), (), notes.append)
+    assert only_3d == [Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres")]
+    assert len(notes) == 4 and "is a 2D network" in notes[0]
+
+
+def test_pinned_and_bad_trainer_specs():
+    assert mb.build_models(["A:3d_fullres:nnUNetResEncUNetLPlans", "A:3d_fullres:nnUNetResEncUNetLPlans"], ("2d",)) == \
+        [Model("A", "nnUNetResEncUNetLPlans", "3d_fullres")]
+    for bad in ("", "A::p", "A:b:c:d"):
+        with pytest.raises(ValueError, match="TRAINER:CONFIGURATION"):
+            mb.parse_trainer_spec(bad)
+    with pytest.raises(ValueError, match="choose from M, L, XL"):
+        mb.build_models(["A"], ("2d",), ("S",))
+    with pytest.raises(ValueError, match="can plan"):
+        mb.plans_to_prepare([Model("A", "MyPlans", "2d")])
+
+
+def test_rank_is_competition_ranking_and_skips_nan():
+    assert mb.rank([0.5, 0.9, 0.5, float("nan"), 0.1]) == [2, 1, 2, None, 4]
+
+
+def test_missing_nnunet_paths_is_a_one_line_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env["PYTHONPATH"] = REPO
+    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("benchmark-msd: error: nnUNet_results is not set")
+
+
+def test_cli_has_the_subcommand():
+    from nnunet_swin.cli import build_parser
+
+    args = build_parser().parse_args(["benchmark-msd", "/data/Task04_Hippocampus.tar", "--tasks", "4",
+                                      "--resenc", "M", "--gpus", "0,1"])
+    o = mb.options_from_args(args)
+    assert o.tasks == [4] and o.resenc == ["M"] and o.gpus == "0,1" and o.trainers == list(mb.DEFAULT_TRAINERS)
+    assert args.func is mb.handle_args
