@@ -43,13 +43,16 @@ class _RecomputedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, fn, *fn_params):
         out = F.linear(fn(x, *fn_params), weight, bias)
         ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
+        device = x.device.type  # backward runs outside autocast: recompute fn under the forward's autocast state
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         ctx.save_for_backward(x, weight, *fn_params)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, *params = ctx.saved_tensors
-        with torch.enable_grad():
+        device, dtype, enabled = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
             y = ctx.fn(*leaves)
         dt = ctx.out_dtype  # the dtype autocast ran the linear in

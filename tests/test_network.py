@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nnunet_swin import SwinUnet
 from nnunet_swin import network
@@ -272,6 +273,30 @@ def test_recomputed_norms_give_exact_gradients():
     assert len(ours) == len(plain)
     for a, b in zip(ours, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_recomputation_in_backward_runs_under_the_forwards_autocast():
+    """Backward runs outside autocast. The LayerNorm recomputed there must see the forward's autocast state:
+    without it, on CUDA, bf16 activations meet fp32 norm weights and layer_norm raises (found on an H200;
+    the CPU's layer_norm accepts the mix, so the state itself is checked here)."""
+    seen = []
+
+    def spy_norm(x, weight, bias):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return F.layer_norm(x, weight.shape, weight, bias)
+
+    torch.manual_seed(0)
+    norm, lin = nn.LayerNorm(16), nn.Linear(16, 8)
+    x = torch.randn(4, 16).to(torch.bfloat16).requires_grad_()  # e.g. the output of a bf16 linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = network._RecomputedLinear.apply(x, lin.weight, lin.bias, spy_norm, norm.weight, norm.bias)
+        reference = F.linear(F.layer_norm(x, (16,), norm.weight, norm.bias), lin.weight, lin.bias)
+    ours = torch.autograd.grad(out.float().sum(), (x, lin.weight, norm.weight))
+    plain = torch.autograd.grad(reference.float().sum(), (x, lin.weight, norm.weight))
+    assert seen == [(True, torch.bfloat16)] * 2  # forward, and the recomputation in backward
+    for a, b in zip(ours, plain):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b)
 
 
 def test_training_step_under_bf16_autocast():
