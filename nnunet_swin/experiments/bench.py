@@ -245,9 +245,9 @@ def run_bench(device: str = "cpu", patch: tuple[int, int] = (224, 224), batch: i
 
 
 _COLUMNS = [("name", "model", "{}"), ("params_m", "params M", "{:.2f}"), ("gmacs", "GMACs/img", "{:.2f}"),
-            ("train_ms_per_img", "train ms/img", "{:.0f}"), ("train_ms_min", "min", "{:.0f}"),
-            ("train_ms_max", "max", "{:.0f}"), ("train_cpu_s_per_step", "CPU s/step", "{:.2f}"),
-            ("infer_ms_per_img", "infer ms/img", "{:.0f}"), ("saved_act_mb_per_img", "act MB/img", "{:.0f}"),
+            ("train_ms_per_img", "train ms/img", "{:.3g}"), ("train_ms_min", "min", "{:.3g}"),
+            ("train_ms_max", "max", "{:.3g}"), ("train_cpu_s_per_step", "CPU s/step", "{:.2f}"),
+            ("infer_ms_per_img", "infer ms/img", "{:.3g}"), ("saved_act_mb_per_img", "act MB/img", "{:.0f}"),
             ("saved_total_mb_per_img", "act+weights MB", "{:.0f}"),
             ("peak_mb", "peak MB", "{:.0f}"), ("tflops", "TFLOP/s", "{:.3f}"), ("rel_time", "time vs CNN", "{:.2f}x"),
             ("rel_act", "act vs CNN", "{:.2f}x")]
