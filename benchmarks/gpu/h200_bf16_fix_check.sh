@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # Check after the autocast fix (c992673): bf16 forward+backward on CUDA, then the H200 bench table.
 python3 -c "
