@@ -85,6 +85,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--only", nargs="+", metavar="TEXT", help="only rows whose name contains one of these "
                                                              "(the nnU-Net CNN row is always kept)")
+    p.add_argument("--skip", nargs="+", metavar="TEXT", help="leave out rows whose name contains one of these, "
+                                                             "e.g. --skip compile (compiling takes minutes)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", help="write OUT.csv and OUT.json (and OUT.png with --png)")
@@ -97,7 +99,7 @@ def _add_bench(sub) -> None:
 
         return bench_command(args.device, tuple(args.patch), args.batch, args.in_channels, args.classes,
                              args.warmup, args.repeats, args.only, args.compile, args.threads, args.out,
-                             args.png, args.complexity)
+                             args.png, args.complexity, args.skip)
 
     p.set_defaults(func=run)
 

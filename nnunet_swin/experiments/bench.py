@@ -81,9 +81,11 @@ def nnunet_plain_unet(patch: tuple[int, int], in_channels: int, num_classes: int
 
 
 def candidates(device: str, in_channels: int, num_classes: int, patch: tuple[int, int],
-               include: Iterable[str] | None = None, compile_on_cpu: bool = False) -> list[Candidate]:
+               include: Iterable[str] | None = None, compile_on_cpu: bool = False,
+               exclude: Iterable[str] | None = None) -> list[Candidate]:
     """The default comparison: SwinUnet per skip count and attention path, with checkpointing, and on
-    CUDA with bf16 autocast and torch.compile; nnU-Net's CNN; MONAI's SwinUNETR in 2D."""
+    CUDA with bf16 autocast and torch.compile; nnU-Net's CNN; MONAI's SwinUNETR in 2D. ``include`` /
+    ``exclude``: keep only / drop the rows whose name contains one of these (the CNN row always stays)."""
 
     def swin(**kw) -> Callable[[], nn.Module]:
         return lambda: SwinUnet(in_channels, num_classes, **kw)
@@ -104,6 +106,9 @@ def candidates(device: str, in_channels: int, num_classes: int, patch: tuple[int
     if include:
         wanted = [w.lower() for w in include]
         rows = [r for r in rows if r.reference or any(w in r.name.lower() for w in wanted)]
+    if exclude:
+        unwanted = [w.lower() for w in exclude]
+        rows = [r for r in rows if r.reference or not any(w in r.name.lower() for w in unwanted)]
     return rows
 
 
@@ -223,11 +228,13 @@ def bench_one(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, 
 
 def run_bench(device: str = "cpu", patch: tuple[int, int] = (224, 224), batch: int = 4, in_channels: int = 1,
               num_classes: int = 9, warmup: int = 2, repeats: int = 6, include: Iterable[str] | None = None,
-              compile_on_cpu: bool = False, log: Callable[[str], None] = print) -> list[BenchResult]:
+              compile_on_cpu: bool = False, log: Callable[[str], None] = print,
+              exclude: Iterable[str] | None = None) -> list[BenchResult]:
     dev = torch.device(device)
     x = torch.randn(batch, in_channels, *patch, device=dev)
     results = []
-    for c in candidates(device, in_channels, num_classes, patch, include, compile_on_cpu):
+    rows = candidates(device, in_channels, num_classes, patch, include, compile_on_cpu, exclude)
+    for c in rows:
         log(f"  measuring {c.name} ...")
         try:
             results.append(bench_one(c, dev, x, warmup, repeats))
@@ -235,8 +242,7 @@ def run_bench(device: str = "cpu", patch: tuple[int, int] = (224, 224), batch: i
             results.append(BenchResult(c.name, *([math.nan] * 11), error=f"{type(e).__name__}: {e}"[:300]))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    ref = next((r for r, c in zip(results, candidates(device, in_channels, num_classes, patch, include,
-                                                          compile_on_cpu)) if c.reference), None)
+    ref = next((r for r, c in zip(results, rows) if c.reference), None)
     if ref is not None:
         for r in results:
             r.rel_time = r.train_ms_per_img / ref.train_ms_per_img
@@ -355,7 +361,7 @@ def format_complexity(rows: list[ComplexityRow], h: int, w: int, dim: int, windo
 def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: int = 4, in_channels: int = 1,
                   num_classes: int = 9, warmup: int = 2, repeats: int = 6, only: list[str] | None = None,
                   compile_on_cpu: bool = False, threads: int | None = None, out: str | None = None,
-                  png: bool = False, complexity: bool = False) -> int:
+                  png: bool = False, complexity: bool = False, skip: list[str] | None = None) -> int:
     """What ``nnunet-swin bench`` does: print the side-by-side table (or the complexity table) and
     write CSV/JSON (and a PNG) next to ``out``."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -377,7 +383,8 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
         return 0
     print(f"nnunet-swin bench: patch {hw[0]}x{hw[1]}, batch {batch}, {device} ({meta['card']}), "
           f"{meta['threads']} threads, fp32 unless marked; median of {repeats} steps after {warmup} warm-up")
-    results = run_bench(device, hw, batch, in_channels, num_classes, warmup, repeats, only, compile_on_cpu)
+    results = run_bench(device, hw, batch, in_channels, num_classes, warmup, repeats, only, compile_on_cpu,
+                        exclude=skip)
     print(format_table(results))
     print("train = forward + loss + backward + zero_grad (no optimizer step); act = unique storage saved for "
           "backward by one image (act+weights also counts the parameters backward holds, as the reference "

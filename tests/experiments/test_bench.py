@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunet_swin.cli import main
-from nnunet_swin.experiments.bench import (complexity_table, forward_gmacs, nnunet_plain_unet, run_bench,
+from nnunet_swin.experiments.bench import (candidates, complexity_table, forward_gmacs, nnunet_plain_unet, run_bench,
                                            saved_bytes)
 from nnunet_swin import SwinUnet
 
@@ -31,6 +31,14 @@ def test_bench_rows_and_ratios():
     assert swin3.params_m == pytest.approx(27.171876)  # 1 input channel, with the 3 DS heads and swin0.params_m < swin3.params_m
     assert 0 < swin0.gmacs < swin3.gmacs
     assert swin3.saved_total_mb_per_img > swin3.saved_act_mb_per_img > 0
+
+
+def test_rows_can_be_chosen_and_left_out():
+    """--only keeps, --skip drops rows by name; the CNN reference row always stays (built lazily, no GPU)."""
+    names = [c.name for c in candidates("cuda", 1, 9, (64, 64), include=["bf16"], exclude=["compile"])]
+    assert names == ["nnU-Net PlainConvUNet (DS)", "SwinUnet bf16", "nnU-Net PlainConvUNet bf16"]
+    assert not any(c.compile for c in candidates("cuda", 1, 9, (64, 64), exclude=["compile", "PlainConvUNet"])
+                   if not c.reference)
 
 
 def test_default_model_costs_what_the_official_one_costs():
