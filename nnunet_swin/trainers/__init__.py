@@ -11,7 +11,7 @@ from nnunet_swin.trainers.base import (
     round_patch_size,
 )
 from nnunet_swin.trainers.variants import *  # noqa: F401,F403
-from nnunet_swin.trainers.variants import TRAINERS
+from nnunet_swin.trainers.variants import TRAINERS, ShortSchedule
 
 __all__ = ["AbstractSwinUnetTrainer", "UnsupportedConfigurationError", "WarmupPolyLRScheduler",
-           "round_patch_size", "TRAINERS", *[t.__name__ for t in TRAINERS]]
+           "round_patch_size", "ShortSchedule", "TRAINERS", *[t.__name__ for t in TRAINERS]]

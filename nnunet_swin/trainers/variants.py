@@ -79,6 +79,31 @@ class nnUNetTrainerSwinUnetIN1k_3skip(nnUNetTrainerSwinUnetIN1k):
 
 
 # --- short schedules ---------------------------------------------------------------------------------
+class ShortSchedule:
+    """Mixin for a shorter schedule on any nnU-Net trainer, ours or nnU-Net's own (nnU-Net ships
+    ``_Xepochs`` variants of ``nnUNetTrainer`` only)::
+
+        class MyShort_1skip(ShortSchedule, nnUNetTrainerSwinUnet_1skip):
+            epochs, iterations = 5, 10
+
+    ``threads`` (optional) sets torch's CPU threads in the training process."""
+
+    epochs: int = 5
+    iterations: int = 10
+    val_iterations: int = 3
+    threads: int | None = None
+
+    # nnU-Net records the init arguments by name, so this keeps nnUNetTrainer's exact signature.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations
+        self.num_val_iterations_per_epoch = self.val_iterations
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+
 class nnUNetTrainerSwinUnet_demo(nnUNetTrainerSwinUnet):
     """What ``nnunet-swin demo`` trains: the paper's network, a CPU-sized schedule
     (NNUNET_SWIN_DEMO_EPOCHS epochs x NNUNET_SWIN_DEMO_ITERS iterations, default 10 x 25)."""

@@ -30,26 +30,17 @@ SCRIPT = os.path.join(REPO, "scripts", "ablate_skips.py")
 
 TRAINER_MODULE = '''
 """Short Swin-Unet trainers for the ablation tests (nnU-Net finds them through nnUNet_extTrainer)."""
-import torch
-
-from nnunet_swin.trainers import (nnUNetTrainerSwinUnet_0skip, nnUNetTrainerSwinUnet_1skip,
+from nnunet_swin.trainers import (ShortSchedule, nnUNetTrainerSwinUnet_0skip, nnUNetTrainerSwinUnet_1skip,
                                   nnUNetTrainerSwinUnet_2skip, nnUNetTrainerSwinUnet_3skip)
 
 TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "window_size": 4,
         "drop_path_rate": 0.0}
 
 
-class _Short:
+class _Short(ShortSchedule):
     network_options = TINY
-
-    # nnU-Net records the init arguments by name: keep nnUNetTrainer's exact signature.
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        torch.set_num_threads(1)  # 2 shared cores: threads only contend
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    epochs, iterations, val_iterations = 1, 2, 1
+    threads = 1  # 2 shared cores: threads only contend
 
 
 class MyShort_0skip(_Short, nnUNetTrainerSwinUnet_0skip):

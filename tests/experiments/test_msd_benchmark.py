@@ -27,21 +27,14 @@ DATASET = "Dataset097_SynthMSD"
 
 TRAINER_MODULE = '''
 """Short trainers for the MSD benchmark tests (nnU-Net finds them through nnUNet_extTrainer)."""
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_swin.trainers import nnUNetTrainerSwinUnet_3skip
+from nnunet_swin.trainers import ShortSchedule, nnUNetTrainerSwinUnet_3skip
 
 
-class _Short:
-    # nnU-Net records the init arguments by name: keep nnUNetTrainer's exact signature.
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        torch.set_num_threads(1)  # 2 shared cores: threads only contend
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+class _Short(ShortSchedule):
+    epochs, iterations, val_iterations = 1, 2, 1
+    threads = 1  # 2 shared cores: threads only contend
 
 
 class MsdShortSwin(_Short, nnUNetTrainerSwinUnet_3skip):
