@@ -40,14 +40,12 @@ from nnunet_swin.experiments.metrics import (
 from nnunet_swin.experiments.runner import (
     COMPLETE,
     Job,
-    RunRecord,
     atomic_write,
     csv_text,
-    epochs_from_logs,
     fold_state,
-    load_record,
     resolve_dataset_name,
     run_jobs,
+    run_rows,
     summarize_report,
     write_runs_csv,
     write_slurm_script,
@@ -265,20 +263,6 @@ class AggregateResult:
         return not self.missing and bool(self.per_case)
 
 
-def _run_rows(jobs: Sequence[Job], out_dir: str, environ) -> list[dict]:
-    """Records for runs.csv: the runner's JSON records, or (for runs trained elsewhere) what the folder says."""
-    rows = []
-    for job in jobs:
-        rec = load_record(os.path.join(out_dir, "runs"), job)
-        if rec is None:
-            fold_dir = job.fold_dir(environ)
-            state = fold_state(fold_dir)
-            rec = RunRecord(job, "already_complete" if state == COMPLETE else "not_run", state,
-                            epochs=epochs_from_logs(fold_dir), fold_dir=fold_dir).to_dict()
-        rows.append(rec)
-    return rows
-
-
 def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo: Callable[[str], None] = print
               ) -> AggregateResult:
     environ = os.environ if environ is None else environ
@@ -291,7 +275,7 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
             continue
         res.per_case.extend(({"skips": int(k), **row} for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"])))
     os.makedirs(out_dir, exist_ok=True)
-    records = _run_rows(jobs, out_dir, environ)
+    records = run_rows(jobs, os.path.join(out_dir, "runs"), environ)
     runs_csv = os.path.join(out_dir, "runs.csv")
     write_runs_csv(runs_csv, records, ("skips",))
     res.files.append(runs_csv)

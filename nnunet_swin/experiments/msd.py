@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from nnunet_swin.experiments.metrics import load_json
 from nnunet_swin.experiments.runner import NNUNET_PATH_VARS, child_env, env_path, log_tail
 
 TASK_RE = re.compile(r"^Task(\d{2,3})_([A-Za-z0-9]+)$")
@@ -299,11 +300,6 @@ def convert_task(task: MSDTask, id_offset: int = 0, num_processes: int = 4, envi
 
 
 # --- planning and preprocessing -----------------------------------------------------------------------
-def _load(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _data_identifier(plans: dict, configuration: str) -> str | None:
     configs = plans.get("configurations", {})
     seen = set()
@@ -322,7 +318,7 @@ def missing_preprocessing(dataset: str, plans_name: str, configurations: Sequenc
     environ = os.environ if environ is None else environ
     root = os.path.join(env_path("nnUNet_preprocessed", environ), dataset)
     try:
-        plans = _load(os.path.join(root, plans_name + ".json"))
+        plans = load_json(os.path.join(root, plans_name + ".json"))
     except (OSError, ValueError):
         return list(configurations)
     absent = [c for c in configurations if c not in plans.get("configurations", {})]
@@ -330,7 +326,7 @@ def missing_preprocessing(dataset: str, plans_name: str, configurations: Sequenc
         raise TaskError(f"{dataset}: plans {plans_name} have no configuration {', '.join(absent)}; they have "
                         f"{', '.join(plans.get('configurations', {}))}")
     try:
-        n_cases = int(_load(os.path.join(root, "dataset.json"))["numTraining"])
+        n_cases = int(load_json(os.path.join(root, "dataset.json"))["numTraining"])
     except (OSError, ValueError, KeyError, TypeError):
         return list(configurations)
     todo = []

@@ -66,6 +66,7 @@ from nnunet_swin.experiments.runner import (
     load_record,
     log_tail,
     run_jobs,
+    run_rows,
     summarize_report,
     write_runs_csv,
     write_slurm_script,
@@ -603,12 +604,7 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
         for f in write_task_board(board, report_dir, command):
             echo(f"wrote {f}")
     if boards:
-        write_runs_csv(os.path.join(out_dir, "runs.csv"),
-                       [load_record(records_dir, j) or {"job": {"dataset": j.dataset, "configuration": j.configuration,
-                                                                "fold": j.fold, "trainer": j.trainer,
-                                                                "plans": j.plans, "tags": [list(t) for t in j.tags]},
-                                                        "status": fold_state(j.fold_dir(environ))}
-                        for j in jobs], ("task",))
+        write_runs_csv(os.path.join(out_dir, "runs.csv"), run_rows(jobs, records_dir, environ), ("task",))
         for f in write_overall(boards, out_dir, command):
             echo(f"wrote {f}")
     if problems:

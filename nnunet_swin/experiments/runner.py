@@ -323,6 +323,21 @@ def write_runs_csv(path: str, records: Sequence[RunRecord | dict], tag_names: Se
     atomic_write(path, csv_text(rows, [*tag_names, *RUN_COLUMNS]))
 
 
+def run_rows(jobs: Sequence[Job], records_dir: str, environ=None) -> list[dict]:
+    """Records for runs.csv: the runner's JSON records, or (for runs trained elsewhere or not yet) what
+    nnU-Net's result folder says."""
+    rows = []
+    for job in jobs:
+        rec = load_record(records_dir, job)
+        if rec is None:
+            fold_dir = job.fold_dir(environ)
+            state = fold_state(fold_dir)
+            rec = RunRecord(job, "already_complete" if state == COMPLETE else "not_run", state,
+                            epochs=epochs_from_logs(fold_dir), fold_dir=fold_dir).to_dict()
+        rows.append(rec)
+    return rows
+
+
 # --- running -----------------------------------------------------------------------------------------
 def child_env(base: dict | None, gpu: str | None) -> dict:
     env = dict(os.environ if base is None else base)
