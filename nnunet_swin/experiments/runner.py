@@ -17,10 +17,16 @@ A *job* is one ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS 
 * runs the jobs locally, one after the other on ``device='cpu'`` (or a single ``cuda``), or queued with
   one run per GPU at a time (``gpus=[0, 1, ...]``, each run sees only its GPU through
   ``CUDA_VISIBLE_DEVICES``);
+* locks each run while it trains (``nnunet_swin_run.lock`` in its result folder, :class:`RunLock`): a second
+  runner for the same run (another call on the same study, another terminal, a racing SLURM array task)
+  *waits* for the holder and then finds the run complete; it never trains it at the same time. Waiting
+  (not skipping) keeps a study's exit code and an array task's ``afterok`` meaning "this run is done". A
+  lock whose holder died is taken over (rule in :func:`lock_stale_reason`);
 * keeps going when a run fails, prints the tail of its log, and reports (exit code) whether all completed;
 * records per run the epochs trained (from nnU-Net's training log), wall time and peak GPU memory
   (``torch.cuda.max_memory_allocated`` in the training process, when it used a GPU) in
-  ``<out>/runs/<job>.json``, from which :func:`write_runs_csv` writes ``runs.csv``;
+  ``<out>/runs/<job>.json`` and next to the run (``nnunet_swin_run.json`` in its result folder, so another
+  study using the same run keeps them), from which :func:`write_runs_csv` writes ``runs.csv``;
 * or writes a SLURM script (:func:`write_slurm_script`): a job array with one task per job and a
   dependent (``--dependency=afterok:``) aggregation job.
 
@@ -41,11 +47,13 @@ import os
 import queue
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -251,6 +259,9 @@ class RunRecord:
         return d
 
 
+#: The run's record in its nnU-Net result folder (see :func:`save_record`).
+FOLD_RECORD_NAME = "nnunet_swin_run.json"
+
 RUN_COLUMNS = ("dataset", "configuration", "plans", "trainer", "fold", "status", "state_before", "returncode",
                "epochs", "wall_time_s", "peak_gpu_mem_mb", "gpu", "fold_dir", "log", "command", "error",
                "finished_at")
@@ -270,7 +281,28 @@ def load_record(records_dir: str, job: Job) -> dict | None:
 
 
 def save_record(records_dir: str, record: RunRecord) -> None:
-    atomic_write(record_path(records_dir, record.job), json.dumps(record.to_dict(), indent=2))
+    """The record goes to the study's ``records_dir`` and, when the run has a result folder, next to it
+    (:data:`FOLD_RECORD_NAME`), so a study that finds the run trained by another ``--out`` still knows its
+    wall time, exit code and peak memory."""
+    text = json.dumps(record.to_dict(), indent=2)
+    atomic_write(record_path(records_dir, record.job), text)
+    if record.fold_dir and os.path.isdir(record.fold_dir):
+        atomic_write(os.path.join(record.fold_dir, FOLD_RECORD_NAME), text)
+
+
+def load_fold_record(fold_dir: str) -> dict | None:
+    """The record the runner that last ran this job left in its result folder (whatever its ``--out``)."""
+    try:
+        with open(os.path.join(fold_dir, FOLD_RECORD_NAME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_history(job: Job, records_dir: str, fold_dir: str) -> dict:
+    """What is known about earlier attempts at ``job``: the result folder's record (the run's own, whichever
+    study trained it), else this study's record, else nothing."""
+    return load_fold_record(fold_dir) or load_record(records_dir, job) or {}
 
 
 def _training_log_lines(fold_dir: str) -> Iterable[str]:
@@ -332,10 +364,172 @@ def run_rows(jobs: Sequence[Job], records_dir: str, environ=None) -> list[dict]:
         if rec is None:
             fold_dir = job.fold_dir(environ)
             state = fold_state(fold_dir)
+            other = (load_fold_record(fold_dir) or {}) if state == COMPLETE else {}  # trained by another --out
             rec = RunRecord(job, "already_complete" if state == COMPLETE else "not_run", state,
-                            epochs=epochs_from_logs(fold_dir), fold_dir=fold_dir).to_dict()
+                            other.get("returncode"), other.get("wall_time_s"),
+                            epochs_from_logs(fold_dir) or other.get("epochs"), other.get("peak_gpu_mem_mb"),
+                            other.get("gpu"), other.get("command", ""), other.get("log", ""),
+                            fold_dir=fold_dir, finished_at=other.get("finished_at", "")).to_dict()
         rows.append(rec)
     return rows
+
+
+# --- per-run lock ------------------------------------------------------------------------------------
+#: Lock file in the run's result folder while a runner brings the run to completion.
+LOCK_NAME = "nnunet_swin_run.lock"
+#: The holder touches the lock this often; a lock from another host is stale after LOCK_STALE_AFTER_S
+#: without a touch.
+LOCK_HEARTBEAT_S = 60.0
+LOCK_STALE_AFTER_S = 600.0
+#: How often a waiting runner looks at the lock again.
+LOCK_POLL_S = 5.0
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, TypeError, ValueError):
+        return False
+    return True
+
+
+def lock_stale_reason(info: dict, mtime: float, now: float | None = None, host: str | None = None,
+                      stale_after_s: float | None = None) -> str:
+    """Why a lock (its JSON ``info`` and the file's modification time, refreshed by the holder's heartbeat)
+    no longer protects anything; '' while it does.
+
+    * Same host: stale when none of the recorded processes (the runner and its training process) runs; the
+      heartbeat is not consulted, so a busy machine never loses a live lock.
+    * Another host (or an unreadable lock): pids mean nothing here, so stale when the heartbeat is older than
+      ``stale_after_s`` (default :data:`LOCK_STALE_AFTER_S`; the holder touches it every
+      :data:`LOCK_HEARTBEAT_S`). Clocks of the hosts sharing the file system must agree to within that.
+    """
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    stale_after_s = LOCK_STALE_AFTER_S if stale_after_s is None else stale_after_s
+    pids = [p for p in (info.get("pid"), info.get("child_pid")) if p]
+    if info.get("host") == host and pids:
+        if any(_pid_alive(p) for p in pids):
+            return ""
+        return f"process {', '.join(map(str, pids))} on {host} is gone"
+    age = now - mtime
+    if age > stale_after_s:
+        return f"no heartbeat from {info.get('host', 'an unknown host')} for {age:.0f} s (> {stale_after_s:.0f} s)"
+    return ""
+
+
+class RunLock:
+    """Exclusive right to train one run: ``<fold_dir>/nnunet_swin_run.lock`` holding the holder's pid, host,
+    start time and a random token.
+
+    Created atomically (the JSON is written to a private file, then ``os.link``-ed to the lock name, which
+    fails if the name exists; this also works on NFS, and a reader never sees a half-written lock). While
+    held, a thread touches the file every :data:`LOCK_HEARTBEAT_S`. A stale lock (:func:`lock_stale_reason`)
+    is broken by renaming it to a private name (atomic: of several runners breaking it at once one wins)
+    and checking it is still the stale one before deleting it."""
+
+    def __init__(self, fold_dir: str):
+        self.path = os.path.join(fold_dir, LOCK_NAME)
+        self.token = uuid.uuid4().hex
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "token": self.token}
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _write_private(self) -> str:
+        private = f"{self.path}.{self.token}.tmp"
+        with open(private, "w") as f:
+            json.dump(self.info, f)
+        return private
+
+    def try_acquire(self) -> bool:
+        private = self._write_private()
+        try:
+            os.link(private, self.path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(private)
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
+        return True
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LOCK_HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def set_child(self, pid: int) -> None:
+        """Record the training process too: if this runner dies, the lock stays live while it trains."""
+        self.info["child_pid"] = pid
+        private = self._write_private()
+        os.replace(private, self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if read_lock(self.path)[0].get("token") == self.token:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def break_stale(self, stale: dict) -> None:
+        moved = f"{self.path}.{self.token}.breaking"
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return  # released or broken by someone else meanwhile
+        if read_lock(moved)[0].get("token") == stale.get("token"):
+            os.unlink(moved)
+            return
+        try:  # a fresh lock was taken between our look and the rename: give it back
+            os.link(moved, self.path)
+        except FileExistsError:
+            pass
+        os.unlink(moved)
+
+
+def read_lock(path: str) -> tuple[dict, float]:
+    """(the lock's JSON, its modification time); ({}, 0) when there is no lock, ({}, mtime) when unreadable."""
+    try:
+        mtime = os.path.getmtime(path)
+        with open(path) as f:
+            info = json.load(f)
+        return (info if isinstance(info, dict) else {}), mtime
+    except FileNotFoundError:
+        return {}, 0.0
+    except (OSError, ValueError):
+        return {}, mtime
+
+
+def acquire_run_lock(job: Job, fold_dir: str, echo: Callable[[str], None] = print) -> RunLock:
+    """Take ``job``'s lock, waiting while another runner (another call, terminal or SLURM array task, on this
+    host or another sharing the results folder) holds it, and taking over a stale one. The caller must
+    look at the result folder again afterwards: the other runner has usually finished the run."""
+    os.makedirs(fold_dir, exist_ok=True)
+    lock = RunLock(fold_dir)
+    said = False
+    while not lock.try_acquire():
+        info, mtime = read_lock(lock.path)
+        if not mtime:
+            continue  # released between our attempt and the look
+        why = lock_stale_reason(info, mtime)
+        if why:
+            echo(f"[lock] {job.name}: taking over a stale lock ({why})")
+            lock.break_stale(info)
+            continue
+        if not said:
+            echo(f"[wait] {job.name}: being trained by process {info.get('pid', '?')} on {info.get('host', '?')} "
+                 f"since {info.get('started', '?')} ({lock.path}); waiting for it")
+            said = True
+        time.sleep(LOCK_POLL_S)
+    return lock
 
 
 # --- running -----------------------------------------------------------------------------------------
@@ -355,23 +549,47 @@ def child_env(base: dict | None, gpu: str | None) -> dict:
     return env
 
 
+def train_command(record_file: str, args: Sequence[str]) -> list[str]:
+    """The training process for nnUNetv2_train ``args``: nnU-Net's entry point in the wrapper that records
+    peak GPU memory into ``record_file`` (:func:`_train_main`)."""
+    return [sys.executable, "-m", "nnunet_swin.experiments.runner", "train", "--record", record_file, "--", *args]
+
+
+def _already_complete(job: Job, records_dir: str, fold_dir: str, echo: Callable[[str], None]) -> RunRecord:
+    prev = run_history(job, records_dir, fold_dir)
+    rec = RunRecord(job, "already_complete", COMPLETE, prev.get("returncode"), prev.get("wall_time_s"),
+                    epochs_from_logs(fold_dir) or prev.get("epochs"), prev.get("peak_gpu_mem_mb"),
+                    prev.get("gpu"), prev.get("command", ""), prev.get("log", ""), "", fold_dir,
+                    prev.get("finished_at", ""))
+    atomic_write(record_path(records_dir, job), json.dumps(rec.to_dict(), indent=2))  # the run's own stays
+    echo(f"[skip] {job.name}: already complete")
+    return rec
+
+
 def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | None = None, environ=None,
             log_tail_lines: int = 40, echo: Callable[[str], None] = print) -> RunRecord:
-    """Bring one job to completion (or report why not); writes its record JSON and returns it."""
+    """Bring one job to completion (or report why not); writes its record JSON and returns it.
+
+    The run is locked while it trains (:func:`acquire_run_lock`): a second runner for the same run waits
+    for the first and then finds it complete, so no run is ever trained twice at once."""
     environ = os.environ if environ is None else environ
     os.makedirs(records_dir, exist_ok=True)
     fold_dir = job.fold_dir(environ)
-    state = fold_state(fold_dir)
-    if state == COMPLETE:
-        prev = load_record(records_dir, job) or {}
-        rec = RunRecord(job, "already_complete", COMPLETE, prev.get("returncode"), prev.get("wall_time_s"),
-                        epochs_from_logs(fold_dir) or prev.get("epochs"), prev.get("peak_gpu_mem_mb"),
-                        prev.get("gpu"), prev.get("command", ""), prev.get("log", ""), "", fold_dir,
-                        prev.get("finished_at", ""))
-        save_record(records_dir, rec)
-        echo(f"[skip] {job.name}: already complete")
-        return rec
+    if fold_state(fold_dir) == COMPLETE:
+        return _already_complete(job, records_dir, fold_dir, echo)
+    lock = acquire_run_lock(job, fold_dir, echo)
+    try:
+        state = fold_state(fold_dir)  # again: a runner we waited for has usually completed it
+        if state == COMPLETE:
+            return _already_complete(job, records_dir, fold_dir, echo)
+        return _train(job, state, device, records_dir, logs_dir, gpu, environ, log_tail_lines, echo, lock)
+    finally:
+        lock.release()
 
+
+def _train(job: Job, state: str, device: str, records_dir: str, logs_dir: str, gpu: str | None, environ,
+           log_tail_lines: int, echo: Callable[[str], None], lock: RunLock) -> RunRecord:
+    fold_dir = job.fold_dir(environ)
     args = train_args(job, device, state)
     planned = PlannedRun(job, state, args, gpu)
     os.makedirs(logs_dir, exist_ok=True)
@@ -379,7 +597,7 @@ def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | N
     fd, mem_file = tempfile.mkstemp(prefix=job.name + ".", suffix=".mem.json", dir=records_dir)
     os.close(fd)
     os.unlink(mem_file)
-    cmd = [sys.executable, "-m", "nnunet_swin.experiments.runner", "train", "--record", mem_file, "--", *args]
+    cmd = train_command(mem_file, args)
     echo(f"[run{'' if gpu is None else ' gpu ' + str(gpu)}] {planned.command()}")
     t0 = time.time()
     with open(log_path, "a") as log:
@@ -388,6 +606,7 @@ def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | N
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(environ, gpu),
                                 stdin=subprocess.DEVNULL)
         try:
+            lock.set_child(proc.pid)
             rc = proc.wait()
         except BaseException:
             proc.terminate()
@@ -404,7 +623,7 @@ def run_one(job: Job, device: str, records_dir: str, logs_dir: str, gpu: str | N
         os.unlink(mem_file)
     except (OSError, ValueError):
         pass
-    prev = load_record(records_dir, job) or {}
+    prev = run_history(job, records_dir, fold_dir)
     if state in (RESUME, NEEDS_VALIDATION) and prev.get("wall_time_s"):
         wall += float(prev["wall_time_s"])  # total over the interrupted and the resumed part
     if peak is not None and prev.get("peak_gpu_mem_mb") and state != FRESH:
