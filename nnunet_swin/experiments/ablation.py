@@ -30,6 +30,11 @@ from nnunet_swin.experiments.metrics import (
     DEFAULT_NSD_TOLERANCE_MM,
     EMPTY_CONVENTION,
     METRICS,
+    MM,
+    PIXEL_NOTE,
+    PX,
+    columns_in_unit,
+    distance_unit,
     fmt,
     fmt_p,
     mean_std,
@@ -43,6 +48,7 @@ from nnunet_swin.experiments.runner import (
     atomic_write,
     csv_text,
     fold_state,
+    recorded_jobs,
     resolve_dataset_name,
     run_jobs,
     run_rows,
@@ -69,13 +75,37 @@ def trainer_name(pattern: str, k: int) -> str:
     return pattern.format(k=k)
 
 
+def _unique(items) -> list:
+    """Items in their first order without repeats: ``--folds 0 0 1`` must not count fold 0's cases twice."""
+    return list(dict.fromkeys(items))
+
+
 def build_jobs(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlans",
                folds: Sequence = DEFAULT_FOLDS, skips: Sequence[int] = DEFAULT_SKIPS,
                trainer_pattern: str = DEFAULT_TRAINER_PATTERN) -> list[Job]:
-    """One job per fold x skip count, fold outermost: an interrupted study already compares every variant
-    on the first folds (paired), rather than covering only the first variants."""
-    return [Job(str(dataset), configuration, str(f), trainer_name(trainer_pattern, int(k)), plans, (("skips", int(k)),))
-            for f in folds for k in skips]
+    """One job per fold x skip count (repeats dropped), fold outermost: an interrupted study already compares
+    every variant on the first folds (paired), rather than covering only the first variants."""
+    return [Job(str(dataset), configuration, f, trainer_name(trainer_pattern, k), plans, (("skips", k),))
+            for f in _unique(str(f) for f in folds) for k in _unique(int(k) for k in skips)]
+
+
+def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str) -> list[Job]:
+    """``jobs`` and the runs of the same study (data set, configuration, plans) that earlier calls recorded
+    in ``records_dir``, fold outermost. A recorded run of another trainer pattern means the folder holds
+    another study: an error, since the two cannot share one report."""
+    first = jobs[0]
+    recorded = [j for j in recorded_jobs(records_dir)
+                if (j.dataset, j.configuration, j.plans) == (first.dataset, first.configuration, first.plans)
+                and "skips" in dict(j.tags)]
+    for j in recorded:
+        k = int(dict(j.tags)["skips"])
+        if j.trainer != trainer_name(trainer_pattern, k):
+            raise ValueError(f"{os.path.dirname(records_dir)} holds a study of trainer {j.trainer} for {k} skips, "
+                             f"not {trainer_name(trainer_pattern, k)} (--trainer-pattern {trainer_pattern}); "
+                             "give this study its own --out")
+    study = _unique([*jobs, *recorded])
+    folds = _unique(j.fold for j in study)
+    return sorted(study, key=lambda j: (folds.index(j.fold), int(dict(j.tags)["skips"])))
 
 
 def default_out_dir(dataset: str, plans: str, configuration: str, environ=None) -> str:
@@ -106,58 +136,91 @@ def _with_mean_label(rows: list[dict]) -> list[dict]:
     return out
 
 
+def shared_cases(rows: list[dict]) -> set:
+    """(fold, case) pairs that every skip count in ``rows`` has: the cases the headline compares on, so a
+    variant missing a fold is not compared on other cases than the rest."""
+    by_k: dict = {}
+    for r in rows:
+        by_k.setdefault(r["skips"], set()).add((r["fold"], r["case"]))
+    return set.intersection(*by_k.values()) if by_k else set()
+
+
 def summarize(rows: list[dict], reference: int = REFERENCE_SKIPS) -> list[dict]:
-    """summary.csv rows: per skip count and label, mean/std over cases and over folds for each metric and
-    the Wilcoxon test against ``reference`` skips (paired by fold and case)."""
+    """summary.csv rows: per skip count and label, for each metric the mean/std over the cases every variant
+    shares (the headline) and over the per-fold means of those, the mean/std over all of the variant's cases,
+    and the Wilcoxon test against ``reference`` skips (paired by fold and case)."""
     rows = _with_mean_label(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     skips = sorted({r["skips"] for r in rows})
+    shared = shared_cases(rows)
     index = {(r["skips"], r["label"], r["fold"], r["case"]): r for r in rows}
+    has_reference = reference in skips
     out = []
     for k in skips:
         for label in labels:
             sel = [r for r in rows if r["skips"] == k and r["label"] == label]
             if not sel:
                 continue
-            folds = sorted({r["fold"] for r in sel}, key=str)
-            row = {"skips": k, "label": label, "n_folds": len(folds)}
+            common = [r for r in sel if (r["fold"], r["case"]) in shared]
+            folds = sorted({r["fold"] for r in common}, key=str)
+            row = {"skips": k, "label": label, "n_folds": len(folds), "n_shared_cases": len(common),
+                   "n_cases_all": len(sel)}
             for metric in METRICS:
-                mean, std, n = mean_std([r[metric] for r in sel])
-                fold_means = [mean_std([r[metric] for r in sel if r["fold"] == f])[0] for f in folds]
+                mean, std, n = mean_std([r[metric] for r in common])
+                fold_means = [mean_std([r[metric] for r in common if r["fold"] == f])[0] for f in folds]
                 fmean, fstd, _ = mean_std(fold_means)
-                row.update({f"{metric}_mean_cases": mean, f"{metric}_std_cases": std, f"{metric}_n_cases": n,
-                            f"{metric}_mean_folds": fmean, f"{metric}_std_folds": fstd})
-                if k != reference and any(key[0] == reference for key in index):
-                    x, y = [], []
-                    for r in sel:
-                        ref_row = index.get((reference, label, r["fold"], r["case"]))
-                        if ref_row is not None:
-                            x.append(r[metric])
-                            y.append(ref_row[metric])
-                    p, n_pairs = wilcoxon_p(x, y)
-                    diffs = [a - b for a, b in zip(x, y) if math.isfinite(a) and math.isfinite(b)]
-                    row[f"{metric}_diff_vs_ref"] = sum(diffs) / len(diffs) if diffs else math.nan
-                    row[f"{metric}_wilcoxon_p_vs_ref"] = p
-                    row[f"{metric}_n_pairs"] = n_pairs
-                else:
-                    row[f"{metric}_diff_vs_ref"] = math.nan
-                    row[f"{metric}_wilcoxon_p_vs_ref"] = math.nan
-                    row[f"{metric}_n_pairs"] = 0
+                amean, astd, an = mean_std([r[metric] for r in sel])
+                row.update({f"{metric}_mean_shared": mean, f"{metric}_std_shared": std, f"{metric}_n_shared": n,
+                            f"{metric}_mean_folds": fmean, f"{metric}_std_folds": fstd,
+                            f"{metric}_mean_all": amean, f"{metric}_std_all": astd, f"{metric}_n_all": an})
+                pairs = [(r[metric], index[(reference, label, r["fold"], r["case"])][metric]) for r in sel
+                         if k != reference and (reference, label, r["fold"], r["case"]) in index]
+                test = wilcoxon_p([a for a, _ in pairs], [b for _, b in pairs]) if has_reference and k != reference \
+                    else None
+                diffs = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
+                row.update({f"{metric}_diff_vs_ref": sum(diffs) / len(diffs) if diffs else math.nan,
+                            f"{metric}_wilcoxon_p_vs_ref": test.p if test else math.nan,
+                            f"{metric}_n_pairs": test.n_pairs if test else 0,
+                            f"{metric}_n_nonzero_pairs": test.n_nonzero if test else 0})
             out.append(row)
     return out
 
 
-SUMMARY_COLUMNS = ["skips", "label", "n_folds"] + [
-    f"{m}_{s}" for m in METRICS for s in ("mean_cases", "std_cases", "n_cases", "mean_folds", "std_folds",
-                                          "diff_vs_ref", "wilcoxon_p_vs_ref", "n_pairs")]
+SUMMARY_COLUMNS = ["skips", "label", "n_folds", "n_shared_cases", "n_cases_all"] + [
+    f"{m}_{s}" for m in METRICS for s in ("mean_shared", "std_shared", "n_shared", "mean_folds", "std_folds",
+                                          "mean_all", "std_all", "n_all", "diff_vs_ref", "wilcoxon_p_vs_ref",
+                                          "n_pairs", "n_nonzero_pairs")]
+ALPHA = 0.05
 
 
-def trend_statement(summary: list[dict], metric: str = "dice") -> str:
-    """Whether the headline metric (label 'mean', or the only label) rises with the skip count."""
+def _headline_label(summary: list[dict]) -> str | None:
     labels = {r["label"] for r in summary}
-    label = MEAN_LABEL if MEAN_LABEL in labels else next(iter(labels), None)
-    pts = sorted((r["skips"], r[f"{metric}_mean_cases"]) for r in summary if r["label"] == label)
+    return MEAN_LABEL if MEAN_LABEL in labels else next(iter(labels), None)
+
+
+def _significance(r: dict, metric: str = "dice") -> str:
+    """'p = 0.031, 6 non-zero pairs: significant at 0.05' and the like, for one summary row."""
+    n, p = r[f"{metric}_n_nonzero_pairs"], r[f"{metric}_wilcoxon_p_vs_ref"]
+    if not math.isfinite(p):
+        return "no paired cases"
+    if n == 0:
+        return "equal on every paired case"
+    if 2.0 ** (1 - n) >= ALPHA:
+        return (f"p = {fmt_p(p)}, {n} non-zero pairs: too few for p < {ALPHA:g} to be possible "
+                f"(smallest possible p = {2.0 ** (1 - n):.3g})")
+    verdict = "significant" if p < ALPHA else "not significant"
+    return f"p = {fmt_p(p)}, {n} non-zero pairs: {verdict} at {ALPHA:g}"
+
+
+def trend_statement(summary: list[dict], metric: str = "dice", reference: int = REFERENCE_SKIPS) -> str:
+    """Whether the headline metric (label 'mean', or the only label) rises with the skip count, on the cases
+    every variant shares, and whether each difference to ``reference`` skips is significant."""
+    label = _headline_label(summary)
+    rows = sorted((r for r in summary if r["label"] == label), key=lambda r: r["skips"])
+    pts = [(r["skips"], r[f"{metric}_mean_shared"]) for r in rows]
     pts = [(k, v) for k, v in pts if v is not None and math.isfinite(v)]
+    if len(rows) > 1 and rows[0]["n_shared_cases"] == 0:
+        return "No validation case has results for every variant, so the variants are not compared."
     if len(pts) < 2:
         return "Not enough variants to judge a trend."
     seq = " → ".join(f"{k}: {v:.3f}" for k, v in pts)
@@ -170,33 +233,52 @@ def trend_statement(summary: list[dict], metric: str = "dice") -> str:
                    "(the paper's trend shows only partly)")
     else:
         verdict = "does not rise with the number of skips (the paper's trend does not show)"
-    return f"Mean Dice ({label}) by skip count: {seq}; it {verdict}."
+    shared = rows[0]["n_shared_cases"]
+    text = f"Mean Dice ({label}) by skip count, on the {shared} cases every variant has: {seq}; it {verdict}."
+    tests = [f"{r['skips']} skips {fmt(r[f'{metric}_diff_vs_ref'])} ({_significance(r, metric)})"
+             for r in rows if r["skips"] != reference and r[f"{metric}_n_pairs"]]
+    if tests:
+        text += f" Paired differences to {reference} skips (Wilcoxon): " + "; ".join(tests) + "."
+    return text
 
 
-def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, missing: list[str]) -> str:
+def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, missing: list[str],
+                     unit: str = MM) -> str:
     ref = meta["reference"]
     lines = [f"# Skip-connection ablation: {meta['dataset']}", ""]
+    if missing:  # first: every number below is read in their light
+        lines += ["## Missing", "", f"{len(missing)} runs are not complete; their cases are left out of the tables "
+                  "(the headline compares the variants on the cases all of them have):", ""]
+        lines += [f"- {m}" for m in missing]
+        lines.append("")
     lines.append(f"Configuration `{meta['configuration']}`, plans `{meta['plans']}`, trainers "
                  f"`{meta['trainer_pattern']}` for skips {', '.join(str(k) for k in meta['skips'])}, "
                  f"folds {', '.join(str(f) for f in meta['folds'])} (nnU-Net cross-validation; metrics on each "
                  f"fold's validation cases).")
     lines.append("")
-    lines.append(trend_statement(summary))
+    lines.append(trend_statement(summary, reference=ref))
     lines.append("")
-    lines.append(f"| skips | label | Dice (cases) | Dice (folds) | HD95 mm (cases) | NSD@{meta['nsd_tolerance_mm']:g} mm "
-                 f"(cases) | ΔDice vs {ref} | p (Dice) vs {ref} | p (HD95) vs {ref} | n |")
-    lines.append("|---:|---|---|---|---|---|---|---|---|---:|")
+    lines.append(f"| skips | label | cases | Dice | Dice (folds) | HD95 {unit} | NSD@{meta['nsd_tolerance_mm']:g} {unit} "
+                 f"| ΔDice vs {ref} | p (Dice) vs {ref} | pairs ≠ 0 (of n) | p (HD95) vs {ref} |")
+    lines.append("|---:|---|---:|---|---|---|---|---|---|---:|---|")
     for r in summary:
+        few = " †" if 0 < r["dice_n_nonzero_pairs"] and 2.0 ** (1 - r["dice_n_nonzero_pairs"]) >= ALPHA else ""
+        pairs = f"{r['dice_n_nonzero_pairs']} ({r['dice_n_pairs']})" if r["dice_n_pairs"] else "–"
         lines.append(
-            f"| {r['skips']} | {r['label']} | {pm(r['dice_mean_cases'], r['dice_std_cases'])} | "
-            f"{pm(r['dice_mean_folds'], r['dice_std_folds'])} | {pm(r['hd95_mm_mean_cases'], r['hd95_mm_std_cases'], 2)} | "
-            f"{pm(r['nsd_mean_cases'], r['nsd_std_cases'])} | {fmt(r['dice_diff_vs_ref'])} | "
-            f"{fmt_p(r['dice_wilcoxon_p_vs_ref'])} | {fmt_p(r['hd95_mm_wilcoxon_p_vs_ref'])} | {r['dice_n_cases']} |")
-    lines += ["", "Mean ± std. *(cases)*: over all validation cases of all folds; *(folds)*: over the per-fold "
-              "means. p: two-sided paired Wilcoxon signed-rank test (scipy) against "
-              f"{ref} skips over the cases (paired by fold and case), no correction for multiple comparisons."
+            f"| {r['skips']} | {r['label']} | {r['n_shared_cases']} | {pm(r['dice_mean_shared'], r['dice_std_shared'])} | "
+            f"{pm(r['dice_mean_folds'], r['dice_std_folds'])} | "
+            f"{pm(r['hd95_mm_mean_shared'], r['hd95_mm_std_shared'], 2)} | {pm(r['nsd_mean_shared'], r['nsd_std_shared'])} | "
+            f"{fmt(r['dice_diff_vs_ref'])} | {fmt_p(r['dice_wilcoxon_p_vs_ref'])}{few} | {pairs} | "
+            f"{fmt_p(r['hd95_mm_wilcoxon_p_vs_ref'])} |")
+    lines += ["", "Mean ± std. *cases*: the validation cases (of all folds) that every variant has; Dice, HD95 and "
+              "NSD are over those; *(folds)*: over their per-fold means. summary.csv also has each variant's means "
+              "over all its cases (`_all`). ΔDice and p: two-sided paired Wilcoxon signed-rank test (scipy, exact "
+              f"up to 50 pairs) against {ref} skips over the cases both have (paired by fold and case), no "
+              "correction for multiple comparisons; *pairs ≠ 0 (of n)*: the pairs the test ranks, those with a "
+              "non-zero difference, of the n paired cases. † fewer than 6 non-zero pairs: p < 0.05 is impossible "
+              "(smallest possible p = 2/2^pairs)."
               + (f" `{MEAN_LABEL}`: per-case mean over the labels." if any(r["label"] == MEAN_LABEL for r in summary)
-                 else ""), "", EMPTY_CONVENTION, ""]
+                 else "") + (f" {PIXEL_NOTE}" if unit == PX else ""), "", EMPTY_CONVENTION, ""]
     if run_rows:
         lines += ["## Runs", "", "| skips | fold | trainer | status | epochs | wall time (min) | peak GPU memory (MiB) |",
                   "|---:|---:|---|---|---:|---:|---:|"]
@@ -206,10 +288,6 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
                          f"{r.get('epochs') if r.get('epochs') is not None else '–'} | "
                          f"{fmt(wall / 60, 1) if isinstance(wall, (int, float)) else '–'} | "
                          f"{fmt(r.get('peak_gpu_mem_mb'), 0) if r.get('peak_gpu_mem_mb') else '–'} |")
-        lines.append("")
-    if missing:
-        lines += ["## Missing", "", "These runs are not complete and are left out of the tables:", ""]
-        lines += [f"- {m}" for m in missing]
         lines.append("")
     return "\n".join(lines)
 
@@ -231,8 +309,8 @@ def plot_dice_vs_skips(path: str, summary: list[dict], title: str = "") -> None:
             y = [r["dice_mean_folds"] for r in rs]
             e = [r["dice_std_folds"] for r in rs]
         else:
-            y = [r["dice_mean_cases"] for r in rs]
-            e = [r["dice_std_cases"] for r in rs]
+            y = [r["dice_mean_shared"] for r in rs]
+            e = [r["dice_std_shared"] for r in rs]
         e = [0.0 if v is None or not math.isfinite(v) else v for v in e]
         is_mean = label == MEAN_LABEL
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label, linewidth=2.5 if is_mean else 1.2,
@@ -275,7 +353,7 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
             continue
         res.per_case.extend(({"skips": int(k), **row} for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"])))
     os.makedirs(out_dir, exist_ok=True)
-    records = run_rows(jobs, os.path.join(out_dir, "runs"), environ)
+    records = run_rows(jobs, os.path.join(out_dir, "runs"), environ, keep=True)
     runs_csv = os.path.join(out_dir, "runs.csv")
     write_runs_csv(runs_csv, records, ("skips",))
     res.files.append(runs_csv)
@@ -288,10 +366,11 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
         echo("No completed runs to aggregate yet.")
         return res
     res.summary = summarize(res.per_case, meta["reference"])
+    unit = distance_unit(res.per_case)
     files = {
-        "per_case.csv": csv_text(res.per_case, PER_CASE_COLUMNS),
-        "summary.csv": csv_text(res.summary, SUMMARY_COLUMNS),
-        "summary.md": summary_markdown(res.summary, flat_runs, meta, res.missing),
+        "per_case.csv": csv_text(*columns_in_unit(res.per_case, PER_CASE_COLUMNS, unit)),
+        "summary.csv": csv_text(*columns_in_unit(res.summary, SUMMARY_COLUMNS, unit)),
+        "summary.md": summary_markdown(res.summary, flat_runs, meta, res.missing, unit),
     }
     for name, text in files.items():
         atomic_write(os.path.join(out_dir, name), text)
@@ -310,10 +389,14 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
                  out: str | None = None, aggregate_only: bool = False, reference: int = REFERENCE_SKIPS,
                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, environ=None,
                  echo: Callable[[str], None] = print) -> int:
-    """The whole study. Returns the exit code: 0 when every run completed and the report covers them all."""
+    """The whole study. Returns the exit code: 0 when every run completed and the report covers them all.
+
+    The report covers the runs asked for *and* every run of the same study recorded in ``out`` by earlier
+    calls (:func:`study_jobs`): a narrower rerun into the same folder never shrinks the report. For a report
+    on fewer runs, give another ``--out``."""
     environ = os.environ if environ is None else environ
-    skips = [int(k) for k in skips]
-    folds = [str(f) for f in folds]
+    skips = _unique(int(k) for k in skips)
+    folds = _unique(str(f) for f in folds)
     # The full name (not the id) in the jobs: one record / log name per run however the data set was named.
     dataset = resolve_dataset_name(dataset, environ)
     jobs = build_jobs(dataset, configuration, plans, folds, skips, trainer_pattern)
@@ -338,15 +421,20 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
             return 0
         echo(summarize_report(report))
         ok = report.all_ok
-    if reference not in skips:
-        echo(f"note: reference {reference} skips is not among --skips {skips}; no Wilcoxon tests.")
-    result = aggregate(jobs, out_dir, meta, environ, echo)
+    study = study_jobs(jobs, os.path.join(out_dir, "runs"), trainer_pattern)
+    if len(study) > len(jobs):
+        echo(f"note: {out_dir} also holds {len(study) - len(jobs)} earlier runs of this study; the report covers "
+             f"all {len(study)} (use another --out for a report on these runs only)")
+    meta.update(skips=sorted({int(dict(j.tags)["skips"]) for j in study}), folds=_unique(j.fold for j in study))
+    if reference not in meta["skips"]:
+        echo(f"note: reference {reference} skips is not among --skips {meta['skips']}; no Wilcoxon tests.")
+    result = aggregate(study, out_dir, meta, environ, echo)
     if result.summary:
-        echo(trend_statement(result.summary))
+        echo(trend_statement(result.summary, reference=reference))
     for f in result.files:
         echo(f"wrote {f}")
     if result.missing:
-        echo(f"{len(result.missing)} of {len(jobs)} runs incomplete:\n  " + "\n  ".join(result.missing))
+        echo(f"{len(result.missing)} of {len(study)} runs incomplete:\n  " + "\n  ".join(result.missing))
     return 0 if ok and result.complete else 1
 
 

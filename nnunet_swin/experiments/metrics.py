@@ -25,10 +25,15 @@ EMPTY_CONVENTION = (
     "Empty masks: Dice is nnU-Net's (from `validation/summary.json`): NaN when prediction and reference are "
     "both empty, 0 when exactly one is. HD95 and NSD are MONAI's (`compute_hausdorff_distance(percentile=95)`, "
     "`compute_surface_dice`) with the spacing of the reference image; when both masks are empty they are NaN; "
-    "when exactly one is empty MONAI's HD95 is undefined and is set here to the image diagonal in mm (the "
+    "when exactly one is empty MONAI's HD95 is undefined and is set here to the image diagonal (the "
     "largest distance possible in the image), NSD is 0. NaN values are left out of means, stds and tests "
-    "(n_cases counts the values used)."
+    "(the n columns count the values used)."
 )
+#: Distance unit of HD95 and NSD: millimetres from the image spacing, or pixels for images nnU-Net reads
+#: without a physical spacing (PNG and other natural images: its reader returns spacing 1).
+MM, PX = "mm", "px"
+PIXEL_NOTE = ("HD95 and NSD (and the NSD tolerance) are in pixels: nnU-Net reads these images without a physical "
+              "spacing (spacing 1).")
 
 
 def _model_folder(fold_dir: str) -> str:
@@ -69,6 +74,30 @@ def _context(fold_dir: str, environ) -> _CaseContext:
     return _CaseContext(plans_manager.image_reader_writer_class(), dataset_json["file_ending"], labels, lm.ignore_label)
 
 
+def distance_unit_of(reader) -> str:
+    """:data:`PX` for nnU-Net's natural-image reader (no spacing in the files), else :data:`MM`."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    return PX if isinstance(reader, NaturalImage2DIO) else MM
+
+
+def distance_unit(rows: Sequence[dict]) -> str:
+    """The one distance unit of per-case rows (rows from before units were recorded are in mm)."""
+    units = {r.get("distance_unit", MM) for r in rows} or {MM}
+    if len(units) > 1:
+        raise ValueError("per-case rows mix HD95/NSD in mm and in pixels; they cannot be averaged together")
+    return units.pop()
+
+
+def columns_in_unit(rows: Sequence[dict], columns: Sequence[str], unit: str) -> tuple[list[dict], list[str]]:
+    """Rows and column names with ``_mm`` in the names replaced by ``_px`` when ``unit`` is pixels, so a
+    CSV never calls a pixel distance millimetres."""
+    if unit == MM:
+        return list(rows), list(columns)
+    rename = {c: c.replace("_mm", "_" + unit) for c in columns}
+    return [{rename.get(k, k): v for k, v in r.items()} for r in rows], [rename[c] for c in columns]
+
+
 def _squeeze_spatial(seg, spacing):
     """(c, z, y, x)-style array from nnU-Net's reader -> spatial array without singleton axes + spacing."""
     import numpy as np
@@ -101,7 +130,7 @@ def surface_metrics(pred_mask, ref_mask, spacing: Sequence[float], nsd_tolerance
 
 def per_case_rows(job: Job, environ=None, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> list[dict]:
     """Per validation case and label of one completed run (its ``validation/`` folder): nnU-Net's Dice,
-    MONAI's HD95 and NSD, voxel counts."""
+    MONAI's HD95 and NSD (in ``distance_unit``: mm, or pixels for images without spacing), voxel counts."""
     import numpy as np
     from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
 
@@ -110,6 +139,7 @@ def per_case_rows(job: Job, environ=None, nsd_tolerance_mm: float = DEFAULT_NSD_
     val_dir = os.path.join(fold_dir, "validation")
     summary = load_json(os.path.join(val_dir, "summary.json"))
     ctx = _context(fold_dir, environ)
+    unit = distance_unit_of(ctx.reader)
     gt_dir = os.path.join(environ.get("nnUNet_preprocessed", ""), resolve_dataset_name(job.dataset, environ),
                           "gt_segmentations")
     rows = []
@@ -141,7 +171,7 @@ def per_case_rows(job: Job, environ=None, nsd_tolerance_mm: float = DEFAULT_NSD_
             rows.append({"fold": job.fold, "case": case, "label": name,
                          "label_value": key, "dice": dice, "hd95_mm": hd, "nsd": nsd,
                          "n_ref": int(np.count_nonzero(r_mask)), "n_pred": int(np.count_nonzero(p_mask)),
-                         "trainer": job.trainer})
+                         "trainer": job.trainer, "distance_unit": unit})
     return rows
 
 
@@ -155,23 +185,45 @@ def mean_std(values) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
 
 
-def wilcoxon_p(x: Sequence[float], y: Sequence[float]) -> tuple[float, int]:
-    """Two-sided paired Wilcoxon signed-rank p-value over the pairs where both values are finite."""
+@dataclass(frozen=True)
+class PairedTest:
+    """A two-sided paired Wilcoxon signed-rank test, with what it really rests on."""
+
+    p: float
+    #: Pairs where both values are finite.
+    n_pairs: int
+    #: Of those, pairs with a non-zero difference: the test ranks only these (Wilcoxon's zero treatment).
+    n_nonzero: int
+
+    @property
+    def min_p(self) -> float:
+        """The smallest p the exact test can give with ``n_nonzero`` pairs: 2 / 2^n (every sign equal)."""
+        return min(1.0, 2.0 ** (1 - self.n_nonzero))
+
+    def can_reach(self, alpha: float = 0.05) -> bool:
+        return self.min_p < alpha
+
+
+def wilcoxon_p(x: Sequence[float], y: Sequence[float]) -> PairedTest:
+    """Paired Wilcoxon signed-rank test of ``x`` against ``y`` over the pairs where both are finite.
+
+    Zero differences are dropped (Wilcoxon's original treatment, scipy's default ``zero_method``) before
+    calling scipy, so scipy uses the exact null distribution up to 50 non-zero pairs (with zeros present it
+    would switch to the normal approximation). Only exactly equal pairs count as zero: a consistent small
+    difference is a difference. No non-zero pair: p = 1 (scipy's value; nothing differs)."""
     import numpy as np
     from scipy.stats import wilcoxon
 
     a, b = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
-    n = int(a.size)
+    nonzero = a != b
+    n, n_nonzero = int(a.size), int(nonzero.sum())
     if n == 0:
-        return math.nan, 0
-    if np.allclose(a, b):
-        return 1.0, n
-    try:
-        return float(wilcoxon(a, b).pvalue), n
-    except ValueError:
-        return math.nan, n
+        return PairedTest(math.nan, 0, 0)
+    if n_nonzero == 0:
+        return PairedTest(1.0, n, 0)
+    return PairedTest(float(wilcoxon(a[nonzero], b[nonzero]).pvalue), n, n_nonzero)
 
 
 def fmt(x, digits=3) -> str:

@@ -381,12 +381,14 @@ def task_board(task: MSDTask, dataset: str, models: Sequence[Model], folds: Sequ
         for r in board.rows[1:]:
             mine = per_model_case_means[Model(r["trainer"], r["plans"], r["configuration"])]
             keys = sorted(set(ref) & set(mine))
-            r["p_vs_first"] = wilcoxon_p([mine[k] for k in keys], [ref[k] for k in keys])[0] if r["complete"] else math.nan
+            if r["complete"]:
+                test = wilcoxon_p([mine[k] for k in keys], [ref[k] for k in keys])
+                r["p_vs_first"], r["nonzero_pairs_vs_first"] = test.p, test.n_nonzero
     return board
 
 
 BOARD_COLUMNS = ("rank", "trainer", "configuration", "plans", "folds", "n_cases", "dice_mean", "dice_std_cases",
-                 "hd95_mean_mm", "p_vs_first", "cv_dice_nnunet", "selected_by_find_best", "params_m",
+                 "hd95_mean_mm", "p_vs_first", "nonzero_pairs_vs_first", "cv_dice_nnunet", "selected_by_find_best", "params_m",
                  "gmacs_per_patch", "patch_size", "epoch_time_s", "peak_gpu_mem_mb")
 CASE_COLUMNS = ("trainer", "configuration", "plans", "fold", "case", "label", "label_value", "dice", "hd95_mm", "nsd",
                 "n_ref", "n_pred")

@@ -290,6 +290,25 @@ def save_record(records_dir: str, record: RunRecord) -> None:
         atomic_write(os.path.join(record.fold_dir, FOLD_RECORD_NAME), text)
 
 
+def recorded_jobs(records_dir: str) -> list[Job]:
+    """The jobs that have a record in ``records_dir`` (every run a study folder has seen), by file name."""
+    try:
+        names = sorted(n for n in os.listdir(records_dir)
+                       if n.endswith(".json") and not n.endswith(".mem.json") and not n.startswith("."))
+    except OSError:
+        return []
+    jobs = []
+    for name in names:
+        try:
+            with open(os.path.join(records_dir, name)) as f:
+                j = json.load(f)["job"]
+            jobs.append(Job(j["dataset"], j["configuration"], j["fold"], j["trainer"], j.get("plans", "nnUNetPlans"),
+                            tuple(tuple(t) for t in j.get("tags", [])), tuple(j.get("extra_args", []))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a run record
+    return jobs
+
+
 def load_fold_record(fold_dir: str) -> dict | None:
     """The record the runner that last ran this job left in its result folder (whatever its ``--out``)."""
     try:
@@ -355,13 +374,14 @@ def write_runs_csv(path: str, records: Sequence[RunRecord | dict], tag_names: Se
     atomic_write(path, csv_text(rows, [*tag_names, *RUN_COLUMNS]))
 
 
-def run_rows(jobs: Sequence[Job], records_dir: str, environ=None) -> list[dict]:
+def run_rows(jobs: Sequence[Job], records_dir: str, environ=None, keep: bool = False) -> list[dict]:
     """Records for runs.csv: the runner's JSON records, or (for runs trained elsewhere or not yet) what
-    nnU-Net's result folder says."""
+    nnU-Net's result folder says; with ``keep`` those are written to ``records_dir`` too, so the study
+    folder remembers every run it has reported (:func:`recorded_jobs`)."""
     rows = []
     for job in jobs:
         rec = load_record(records_dir, job)
-        if rec is None:
+        if rec is None or rec.get("status") == "not_run":  # "not_run" may have run since
             fold_dir = job.fold_dir(environ)
             state = fold_state(fold_dir)
             other = (load_fold_record(fold_dir) or {}) if state == COMPLETE else {}  # trained by another --out
@@ -370,6 +390,8 @@ def run_rows(jobs: Sequence[Job], records_dir: str, environ=None) -> list[dict]:
                             epochs_from_logs(fold_dir) or other.get("epochs"), other.get("peak_gpu_mem_mb"),
                             other.get("gpu"), other.get("command", ""), other.get("log", ""),
                             fold_dir=fold_dir, finished_at=other.get("finished_at", "")).to_dict()
+            if keep:
+                atomic_write(record_path(records_dir, job), json.dumps(rec, indent=2))
         rows.append(rec)
     return rows
 

@@ -451,34 +451,40 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
     assert rc == 0, lines
     rows = {(int(r["skips"]), r["case"], r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
     assert len(rows) == 2 * 6 * 2
+    # PNG: nnU-Net reads no spacing (uses 1), so distances are in pixels and every column says so
+    assert "hd95_mm" not in open(os.path.join(out, "per_case.csv")).readline()
+    assert "hd95_mm" not in open(os.path.join(out, "summary.csv")).readline()
     c1 = rows[(0, "c1", "a")]
-    assert float(c1["dice"]) == pytest.approx(0.8) and float(c1["hd95_mm"]) == pytest.approx(2.0)
+    assert float(c1["dice"]) == pytest.approx(0.8) and float(c1["hd95_px"]) == pytest.approx(2.0)
     assert 0 < float(c1["nsd"]) < 1
     empty_pred = rows[(0, "c2", "a")]
     assert float(empty_pred["dice"]) == 0.0 and float(empty_pred["nsd"]) == 0.0
-    assert float(empty_pred["hd95_mm"]) == pytest.approx(math.hypot(40, 40))  # image diagonal
+    assert float(empty_pred["hd95_px"]) == pytest.approx(math.hypot(40, 40))  # image diagonal
     empty_ref = rows[(0, "c3", "b")]
-    assert float(empty_ref["dice"]) == 0.0 and float(empty_ref["hd95_mm"]) == pytest.approx(math.hypot(40, 40))
+    assert float(empty_ref["dice"]) == 0.0 and float(empty_ref["hd95_px"]) == pytest.approx(math.hypot(40, 40))
     both_empty = rows[(0, "c1", "b")]
-    assert both_empty["dice"] == "" and both_empty["hd95_mm"] == "" and both_empty["nsd"] == ""  # NaN
+    assert both_empty["dice"] == "" and both_empty["hd95_px"] == "" and both_empty["nsd"] == ""  # NaN
     perfect = rows[(3, "c1", "a")]
-    assert float(perfect["dice"]) == 1.0 and float(perfect["hd95_mm"]) == 0.0 and float(perfect["nsd"]) == 1.0
+    assert float(perfect["dice"]) == 1.0 and float(perfect["hd95_px"]) == 0.0 and float(perfect["nsd"]) == 1.0
 
     summary = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "summary.csv"))}
     assert set(summary) == {(k, lab) for k in (0, 3) for lab in ("a", "b", "mean")}
     s0a = summary[(0, "a")]
     dices = [float(rows[(0, c, "a")]["dice"]) for c in ("c1", "c2", "c3", "c4", "c5", "c6")]
-    assert float(s0a["dice_mean_cases"]) == pytest.approx(np.mean(dices), abs=1e-5)
-    assert float(s0a["dice_std_cases"]) == pytest.approx(np.std(dices, ddof=1), abs=1e-5)
+    assert float(s0a["dice_mean_shared"]) == pytest.approx(np.mean(dices), abs=1e-5)
+    assert float(s0a["dice_std_shared"]) == pytest.approx(np.std(dices, ddof=1), abs=1e-5)
     assert s0a["dice_std_folds"] == "" and s0a["n_folds"] == "1"
     from scipy.stats import wilcoxon
 
     assert float(s0a["dice_wilcoxon_p_vs_ref"]) == pytest.approx(wilcoxon(dices, [1.0] * 6).pvalue, rel=1e-4)
-    assert s0a["dice_n_pairs"] == "6"
+    # c3's label a is predicted exactly: a zero difference, which the signed-rank test drops
+    assert s0a["dice_n_pairs"] == "6" and s0a["dice_n_nonzero_pairs"] == "5" and s0a["n_shared_cases"] == "6"
     assert summary[(3, "a")]["dice_wilcoxon_p_vs_ref"] == ""  # the reference itself
-    assert summary[(0, "b")]["dice_n_cases"] == "1"  # only c3 has a defined Dice for b
+    assert summary[(0, "b")]["dice_n_shared"] == "1"  # only c3 has a defined Dice for b
     md = open(os.path.join(out, "summary.md")).read()
     assert "image diagonal" in md and "rises monotonically" in md
+    assert "| HD95 px | NSD@1 px |" in md and "are in pixels" in md and "HD95 mm" not in md
+    assert "| 0 | a | 6 |" in md and " † | 5 (6) |" in md  # 5 non-zero pairs cannot reach p < 0.05
     assert _no_temp_files(out)
     runs = _read_csv(os.path.join(out, "runs.csv"))
     assert [r["status"] for r in runs] == ["already_complete", "already_complete"]
@@ -498,6 +504,8 @@ def test_hd95_uses_the_image_spacing(tmp_path):
     assert rc == 0
     rows = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
     assert float(rows[(0, "a")]["hd95_mm"]) == pytest.approx(3.0)
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "| HD95 mm | NSD@1 mm |" in md and "in pixels" not in md
 
 
 def test_missing_runs_make_the_exit_code_nonzero(tmp_path):
@@ -548,3 +556,87 @@ def test_cli_parser_registration():
     assert args.func is ablation.handle_args
     assert args.dataset == "7" and args.folds == ["0", "1"] and args.skips == [0, 1, 2, 3]
     assert args.configuration == "2d" and args.plans == "nnUNetPlans" and args.device == "cpu"
+
+
+# --- statistics on hand-made per-case rows (fast) -----------------------------------------------------
+def _rows(skips: int, fold: str, dices: list[float], prefix: str = "c") -> list[dict]:
+    return [{"skips": skips, "fold": fold, "case": f"{prefix}{i}", "label": "a", "dice": d, "hd95_mm": 1.0,
+             "nsd": 1.0, "trainer": f"T_{skips}skip"} for i, d in enumerate(dices)]
+
+
+def test_headline_compares_on_the_cases_every_variant_has():
+    """The issue's case: fold 1 is missing for 0 skips. Over whatever cases each variant has, 0 skips read 0.900
+    and 3 skips 0.750 although 0 skips is 0.100 worse on every shared case (p = 0.031). The headline and the
+    trend sentence now use the 6 shared cases and state the test's significance."""
+    from scipy.stats import wilcoxon
+
+    zero = [0.95, 0.93, 0.91, 0.89, 0.87, 0.85]
+    rows = _rows(0, "0", zero) + _rows(3, "0", [1.0] * 6) + _rows(3, "1", [0.5] * 6, "d")
+    summary = {r["skips"]: r for r in ablation.summarize(rows, reference=3)}
+    assert summary[0]["dice_mean_all"] == pytest.approx(0.900) and summary[3]["dice_mean_all"] == pytest.approx(0.750)
+    assert summary[0]["dice_mean_shared"] == pytest.approx(0.900) and summary[3]["dice_mean_shared"] == pytest.approx(1.0)
+    assert summary[3]["n_shared_cases"] == 6 and summary[3]["n_cases_all"] == 12 and summary[3]["n_folds"] == 1
+    assert summary[0]["dice_diff_vs_ref"] == pytest.approx(-0.100)
+    assert summary[0]["dice_wilcoxon_p_vs_ref"] == wilcoxon(zero, [1.0] * 6).pvalue == 0.03125
+    text = ablation.trend_statement(list(summary.values()))
+    assert text.startswith("Mean Dice (a) by skip count, on the 6 cases every variant has: 0: 0.900 → 3: 1.000; "
+                           "it rises monotonically")
+    assert "0 skips -0.100 (p = 0.031, 6 non-zero pairs: significant at 0.05)" in text
+    meta = {"dataset": "D", "configuration": "2d", "plans": "P", "trainer_pattern": "T_{k}skip", "skips": [0, 3],
+            "folds": ["0", "1"], "reference": 3, "nsd_tolerance_mm": 1.0}
+    md = ablation.summary_markdown(list(summary.values()), [], meta, ["0 skips, fold 1 (T_0skip): not complete"])
+    assert md.index("## Missing") < md.index("Mean Dice") < md.index("| skips |")
+    assert "| 3 | a | 6 | 1.000 ± 0.000 |" in md
+
+
+def test_too_few_pairs_and_not_significant_are_said():
+    rows = _rows(0, "0", [0.9, 0.8, 0.7]) + _rows(3, "0", [1.0, 0.9, 0.6])
+    from scipy.stats import wilcoxon
+
+    text = ablation.trend_statement(ablation.summarize(rows, reference=3))
+    p = wilcoxon([0.9, 0.8, 0.7], [1.0, 0.9, 0.6]).pvalue
+    assert (f"0 skips -0.033 (p = {p:.2g}, 3 non-zero pairs: too few for p < 0.05 to be possible "
+            "(smallest possible p = 0.25))") in text
+    rows = _rows(0, "0", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]) + _rows(3, "0", [1.0, 0.7, 0.8, 0.5, 0.6, 0.45])
+    summary = ablation.summarize(rows, reference=3)
+    p = wilcoxon([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [1.0, 0.7, 0.8, 0.5, 0.6, 0.45]).pvalue
+    assert f"(p = {p:.2g}, 6 non-zero pairs: not significant at 0.05)" in ablation.trend_statement(summary)
+    no_common = ablation.summarize(rows + _rows(1, "1", [0.5], "e"), reference=3)
+    assert ablation.trend_statement(no_common).startswith("No validation case has results for every variant")
+
+
+def test_repeated_folds_and_skips_count_once(tmp_path):
+    ref = _square((20, 20), 5, 5, 5, 1)
+    pred = _square((20, 20), 6, 5, 5, 1)
+    env, ds = _fake_results(str(tmp_path), {0: {"x": (pred, ref), "y": (ref, ref)}, 3: {"x": (ref, ref), "y": (ref, ref)}})
+    assert [(j.fold, j.trainer) for j in ablation.build_jobs(ds, folds=[0, "0"], skips=[3, 0, 3],
+                                                                  trainer_pattern="Fake_{k}skip")] == [
+        ("0", "Fake_3skip"), ("0", "Fake_0skip")]
+    out = str(tmp_path / "out")
+    lines = []
+    rc = ablation.run_ablation(ds, folds=["0", "0"], skips=[0, 3, 0], trainer_pattern="Fake_{k}skip", out=out,
+                               aggregate_only=True, environ=env, echo=lines.append)
+    assert rc == 0, lines
+    assert len(_read_csv(os.path.join(out, "per_case.csv"))) == 2 * 2 * 2  # skips x cases x labels
+    s0a = next(r for r in _read_csv(os.path.join(out, "summary.csv")) if r["skips"] == "0" and r["label"] == "a")
+    assert (s0a["n_shared_cases"], s0a["dice_n_pairs"], s0a["dice_n_nonzero_pairs"]) == ("2", "2", "1")
+    assert "folds 0 (nnU-Net" in open(os.path.join(out, "summary.md")).read()
+
+
+def test_a_narrower_rerun_keeps_the_whole_study_in_the_report(tmp_path):
+    """After a report on 0 and 3 skips, a call for 0 skips only into the same folder still reports both (the
+    earlier runs are recorded there); another trainer pattern into that folder is refused."""
+    ref = _square((20, 20), 5, 5, 5, 1)
+    env, ds = _fake_results(str(tmp_path), {0: {"x": (_square((20, 20), 6, 5, 5, 1), ref)}, 3: {"x": (ref, ref)}})
+    out = str(tmp_path / "out")
+    common = dict(folds=[0], trainer_pattern="Fake_{k}skip", out=out, aggregate_only=True, environ=env)
+    assert ablation.run_ablation(ds, skips=[0, 3], echo=lambda m: None, **common) == 0
+    lines = []
+    assert ablation.run_ablation(ds, skips=[0], echo=lines.append, **common) == 0
+    assert any(m.startswith(f"note: {out} also holds 1 earlier runs of this study") for m in lines)
+    summary = _read_csv(os.path.join(out, "summary.csv"))
+    assert sorted({r["skips"] for r in summary}) == ["0", "3"]
+    assert sorted(r["skips"] for r in _read_csv(os.path.join(out, "runs.csv"))) == ["0", "3"]
+    assert "for skips 0, 3, folds 0" in open(os.path.join(out, "summary.md")).read()
+    with pytest.raises(ValueError, match="holds a study of trainer Fake_0skip for 0 skips.*its own --out"):
+        ablation.run_ablation(ds, skips=[0], echo=lambda m: None, **dict(common, trainer_pattern="Other_{k}skip"))
