@@ -156,6 +156,9 @@ def check_task_folder(folder: str) -> dict:
     if not isinstance(labels, dict) or "0" not in labels or not all(str(k).isdigit() for k in labels):
         problems.append('dataset.json: "labels" must map label values to names and include "0", '
                         'like {"0": "background", "1": "tumour"}')
+    if "test" not in meta:  # nnU-Net's converter ends with `del dataset_json["test"]`
+        problems.append('dataset.json: "test" is missing (MSD lists the test images there and nnU-Net\'s converter '
+                        'needs the key; add "test": [] if the task has no test images)')
     if not isinstance(training, list) or not training:
         problems.append('dataset.json: "training" must be a non-empty list of {"image": ..., "label": ...}')
         training = []

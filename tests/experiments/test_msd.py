@@ -88,6 +88,7 @@ def test_a_good_task_passes_the_checks(task_dir):
     ("no_modality", '"modality" must be a non-empty object'),
     ("wrong_channels", "expected 3D (one modality) or 4D with 3 modalities"),
     ("label_shape", "differs from its image's"),
+    ("no_test", '"test" is missing'),
 ])
 def test_malformed_tasks_name_the_problem(task_dir, tmp_path, breakage, message):
     import nibabel as nib
@@ -105,12 +106,14 @@ def test_malformed_tasks_name_the_problem(task_dir, tmp_path, breakage, message)
         os.unlink(os.path.join(folder, meta["training"][2]["label"]))
     elif breakage == "no_modality":
         del meta["modality"]
+    elif breakage == "no_test":
+        del meta["test"]
     elif breakage == "wrong_channels":
         meta["modality"]["2"] = "DWI"
     elif breakage == "label_shape":
         path = os.path.join(folder, meta["training"][0]["label"])
         nib.save(nib.Nifti1Image(np.zeros((5, 5, 3), np.uint8), np.eye(4)), path)
-    if breakage in ("no_modality", "wrong_channels"):
+    if breakage in ("no_modality", "wrong_channels", "no_test"):
         json.dump(meta, open(meta_path, "w"))
     with pytest.raises(msd.TaskError, match="malformed MSD task|dataset.json") as e:
         msd.check_task_folder(folder)
