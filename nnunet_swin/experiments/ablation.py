@@ -258,16 +258,18 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
     lines.append("")
     lines.append(trend_statement(summary, reference=ref))
     lines.append("")
-    lines.append(f"| skips | label | cases | Dice | Dice (folds) | HD95 {unit} | NSD@{meta['nsd_tolerance_mm']:g} {unit} "
-                 f"| ΔDice vs {ref} | p (Dice) vs {ref} | pairs ≠ 0 (of n) | p (HD95) vs {ref} |")
+    lines.append(f"| skips | label | cases | Dice | Dice (folds) | HD95 {unit} | "
+                 f"NSD@{meta['nsd_tolerance_mm']:g} {unit} | ΔDice vs {ref} | p (Dice) vs {ref} | pairs ≠ 0 (of n) | "
+                 f"p (HD95) vs {ref} |")
     lines.append("|---:|---|---:|---|---|---|---|---|---|---:|---|")
     for r in summary:
         few = " †" if 0 < r["dice_n_nonzero_pairs"] and 2.0 ** (1 - r["dice_n_nonzero_pairs"]) >= ALPHA else ""
         pairs = f"{r['dice_n_nonzero_pairs']} ({r['dice_n_pairs']})" if r["dice_n_pairs"] else "–"
         lines.append(
-            f"| {r['skips']} | {r['label']} | {r['n_shared_cases']} | {pm(r['dice_mean_shared'], r['dice_std_shared'])} | "
-            f"{pm(r['dice_mean_folds'], r['dice_std_folds'])} | "
-            f"{pm(r['hd95_mm_mean_shared'], r['hd95_mm_std_shared'], 2)} | {pm(r['nsd_mean_shared'], r['nsd_std_shared'])} | "
+            f"| {r['skips']} | {r['label']} | {r['n_shared_cases']} | "
+            f"{pm(r['dice_mean_shared'], r['dice_std_shared'])} | {pm(r['dice_mean_folds'], r['dice_std_folds'])} | "
+            f"{pm(r['hd95_mm_mean_shared'], r['hd95_mm_std_shared'], 2)} | "
+            f"{pm(r['nsd_mean_shared'], r['nsd_std_shared'])} | "
             f"{fmt(r['dice_diff_vs_ref'])} | {fmt_p(r['dice_wilcoxon_p_vs_ref'])}{few} | {pairs} | "
             f"{fmt_p(r['hd95_mm_wilcoxon_p_vs_ref'])} |")
     lines += ["", "Mean ± std. *cases*: the validation cases (of all folds) that every variant has; Dice, HD95 and "

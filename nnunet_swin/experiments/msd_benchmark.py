@@ -45,6 +45,7 @@ from nnunet_swin.experiments.metrics import (
     wilcoxon_p,
 )
 from nnunet_swin.experiments.msd import (
+    TASK_RE,
     MSDTask,
     TaskError,
     conversion_args,
@@ -63,8 +64,9 @@ from nnunet_swin.experiments.runner import (
     env_path,
     epoch_times_from_logs,
     fold_state,
-    load_record,
     log_tail,
+    recorded_jobs,
+    run_history,
     run_jobs,
     run_rows,
     summarize_report,
@@ -140,9 +142,29 @@ def plans_to_prepare(models: Sequence[Model]) -> dict[str, list[str]]:
 
 
 def build_jobs(dataset: str, task: MSDTask, models: Sequence[Model], folds: Sequence[str]) -> list[Job]:
-    """Fold outermost: an interrupted benchmark already compares every model on the first folds."""
-    return [Job(dataset, m.configuration, str(f), m.trainer, m.plans, (("task", task.task_name),))
-            for f in folds for m in models]
+    """Fold outermost: an interrupted benchmark already compares every model on the first folds. Repeated
+    folds count once."""
+    return [Job(dataset, m.configuration, f, m.trainer, m.plans, (("task", task.task_name),))
+            for f in dict.fromkeys(str(f) for f in folds) for m in models]
+
+
+def study_tasks(prepared: Sequence[tuple[MSDTask, str]], jobs: Sequence[Job], records_dir: str
+                ) -> list[tuple[MSDTask, str, list[Model], list[str]]]:
+    """(task, data set, models, folds) for every task of the benchmark folder: the jobs of this call plus
+    every run earlier calls recorded in ``records_dir``, so a narrower rerun (fewer tasks, trainers or folds)
+    never shrinks the leaderboards."""
+    study = list(dict.fromkeys([*jobs, *(j for j in recorded_jobs(records_dir) if "task" in dict(j.tags))]))
+    tasks = {dataset: task for task, dataset in prepared}
+    for j in study:
+        m = TASK_RE.match(str(dict(j.tags)["task"]))
+        if j.dataset not in tasks and m:
+            tasks[j.dataset] = MSDTask(int(m.group(1)), m.group(2), "")
+    out = []
+    for dataset, task in tasks.items():
+        mine = [j for j in study if j.dataset == dataset]
+        models = list(dict.fromkeys(Model(j.trainer, j.plans, j.configuration) for j in mine))
+        out.append((task, dataset, models, list(dict.fromkeys(j.fold for j in mine))))
+    return out
 
 
 # --- per-model figures from nnU-Net's result files -----------------------------------------------------
@@ -358,7 +380,7 @@ def task_board(task: MSDTask, dataset: str, models: Sequence[Model], folds: Sequ
         row["dice_std_cases"] = mean_std(per_model_case_means[m].values())[1]
         row["cv_dice_nnunet"] = all_results.get(m.folder, math.nan)
         row["epoch_time_s"] = _nanmean(_nanmean(epoch_times_from_logs(j.fold_dir(environ))) for j in done)
-        peaks = [(load_record(records_dir, j) or {}).get("peak_gpu_mem_mb") for j in done]
+        peaks = [run_history(j, records_dir, j.fold_dir(environ)).get("peak_gpu_mem_mb") for j in done]
         peaks = [p for p in peaks if p]
         row["peak_gpu_mem_mb"] = max(peaks) if peaks else math.nan
         if done:
@@ -388,7 +410,8 @@ def task_board(task: MSDTask, dataset: str, models: Sequence[Model], folds: Sequ
 
 
 BOARD_COLUMNS = ("rank", "trainer", "configuration", "plans", "folds", "n_cases", "dice_mean", "dice_std_cases",
-                 "hd95_mean_mm", "p_vs_first", "nonzero_pairs_vs_first", "cv_dice_nnunet", "selected_by_find_best", "params_m",
+                 "hd95_mean_mm", "p_vs_first", "nonzero_pairs_vs_first", "cv_dice_nnunet", "selected_by_find_best",
+                 "params_m",
                  "gmacs_per_patch", "patch_size", "epoch_time_s", "peak_gpu_mem_mb")
 CASE_COLUMNS = ("trainer", "configuration", "plans", "fold", "case", "label", "label_value", "dice", "hd95_mm", "nsd",
                 "n_ref", "n_pred")
@@ -549,7 +572,7 @@ def _prepare(task: MSDTask, models: Sequence[Model], o: Options, environ, log_di
 def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print) -> int:
     """The whole benchmark. Exit code 0 when every task and run completed and every leaderboard is full."""
     environ = dict(os.environ if environ is None else environ)
-    folds = [str(f) for f in o.folds]
+    folds = list(dict.fromkeys(str(f) for f in o.folds))
     models = build_models(o.trainers, o.configurations, o.resenc, echo)
     plans_to_prepare(models)  # unknown plans are a set-up error, before any work
     out_dir = os.path.abspath(o.out or default_out_dir(environ))
@@ -587,26 +610,33 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
         ok = ok and report.all_ok
     boards = []
     records_dir = os.path.join(out_dir, "runs")
-    for task, dataset in prepared:
+    studied = study_tasks(prepared, jobs, records_dir)
+    all_jobs = [j for task, dataset, ms, fs in studied for j in build_jobs(dataset, task, ms, fs)]
+    if len(all_jobs) > len(jobs):
+        echo(f"note: {out_dir} also holds {len(all_jobs) - len(jobs)} runs of earlier calls; the leaderboards "
+             "cover all of them (use another --out for a benchmark of these runs only)")
+    for task, dataset, ds_models, ds_folds in studied:
         report_dir = os.path.join(out_dir, dataset)
-        task_models = [m for m in models if all(fold_state(Job(dataset, m.configuration, f, m.trainer, m.plans)
-                                                           .fold_dir(environ)) == COMPLETE for f in folds)]
+        task_models = [m for m in ds_models
+                       if all(fold_state(Job(dataset, m.configuration, f, m.trainer, m.plans).fold_dir(environ))
+                              == COMPLETE for f in ds_folds)]
         info = None
         if task_models:
             try:
-                info = find_best(dataset, task_models, folds, o.ensembling, o.num_processes, environ,
+                info = find_best(dataset, task_models, ds_folds, o.ensembling, o.num_processes, environ,
                                  os.path.join(log_dir, f"{dataset}__find_best.log"), echo)
             except RuntimeError as e:
                 ok = False
                 echo(f"[FAILED] {dataset}: {e}")
-        board = task_board(task, dataset, models, folds, report_dir, records_dir, environ, o.nsd_tolerance_mm, info,
-                           echo)
+        board = task_board(task, dataset, ds_models, ds_folds, report_dir, records_dir, environ,
+                           o.nsd_tolerance_mm, info, echo)
         ok = ok and not board.missing
         boards.append(board)
         for f in write_task_board(board, report_dir, command):
             echo(f"wrote {f}")
     if boards:
-        write_runs_csv(os.path.join(out_dir, "runs.csv"), run_rows(jobs, records_dir, environ), ("task",))
+        write_runs_csv(os.path.join(out_dir, "runs.csv"), run_rows(all_jobs, records_dir, environ, keep=True),
+                       ("task",))
         for f in write_overall(boards, out_dir, command):
             echo(f"wrote {f}")
     if problems:

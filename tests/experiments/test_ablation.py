@@ -574,7 +574,8 @@ def test_headline_compares_on_the_cases_every_variant_has():
     rows = _rows(0, "0", zero) + _rows(3, "0", [1.0] * 6) + _rows(3, "1", [0.5] * 6, "d")
     summary = {r["skips"]: r for r in ablation.summarize(rows, reference=3)}
     assert summary[0]["dice_mean_all"] == pytest.approx(0.900) and summary[3]["dice_mean_all"] == pytest.approx(0.750)
-    assert summary[0]["dice_mean_shared"] == pytest.approx(0.900) and summary[3]["dice_mean_shared"] == pytest.approx(1.0)
+    assert summary[0]["dice_mean_shared"] == pytest.approx(0.900)
+    assert summary[3]["dice_mean_shared"] == pytest.approx(1.0)
     assert summary[3]["n_shared_cases"] == 6 and summary[3]["n_cases_all"] == 12 and summary[3]["n_folds"] == 1
     assert summary[0]["dice_diff_vs_ref"] == pytest.approx(-0.100)
     assert summary[0]["dice_wilcoxon_p_vs_ref"] == wilcoxon(zero, [1.0] * 6).pvalue == 0.03125
@@ -608,7 +609,8 @@ def test_too_few_pairs_and_not_significant_are_said():
 def test_repeated_folds_and_skips_count_once(tmp_path):
     ref = _square((20, 20), 5, 5, 5, 1)
     pred = _square((20, 20), 6, 5, 5, 1)
-    env, ds = _fake_results(str(tmp_path), {0: {"x": (pred, ref), "y": (ref, ref)}, 3: {"x": (ref, ref), "y": (ref, ref)}})
+    cases = {0: {"x": (pred, ref), "y": (ref, ref)}, 3: {"x": (ref, ref), "y": (ref, ref)}}
+    env, ds = _fake_results(str(tmp_path), cases)
     assert [(j.fold, j.trainer) for j in ablation.build_jobs(ds, folds=[0, "0"], skips=[3, 0, 3],
                                                                   trainer_pattern="Fake_{k}skip")] == [
         ("0", "Fake_3skip"), ("0", "Fake_0skip")]

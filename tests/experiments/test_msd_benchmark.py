@@ -243,3 +243,24 @@ def test_cli_has_the_subcommand():
     o = mb.options_from_args(args)
     assert o.tasks == [4] and o.resenc == ["M"] and o.gpus == "0,1" and o.trainers == list(mb.DEFAULT_TRAINERS)
     assert args.func is mb.handle_args
+
+
+def test_a_narrower_rerun_keeps_earlier_tasks_models_and_folds(tmp_path):
+    """The leaderboards cover every run recorded in --out: a call for task 97, model A, fold 0 (given twice)
+    after calls that also ran task 98 (models A and B) and fold 1 of task 97 keeps all of them."""
+    from nnunet_swin.experiments import runner
+    from nnunet_swin.experiments.msd import MSDTask
+
+    records = str(tmp_path / "runs")
+    a, b = Model("A", "nnUNetPlans", "2d"), Model("B", "nnUNetPlans", "3d_fullres")
+    synth, other = MSDTask(97, "Synth", "/dl/Task97_Synth.tar"), MSDTask(98, "Other", "/dl/Task98_Other.tar")
+    earlier = (mb.build_jobs("Dataset098_Other", other, [a, b], ["0", "1"])
+               + mb.build_jobs("Dataset097_Synth", synth, [a], ["1"]))
+    for job in earlier:
+        runner.save_record(records, runner.RunRecord(job, "completed"))
+    now = mb.build_jobs("Dataset097_Synth", synth, [a], ["0", "0"])
+    assert [j.fold for j in now] == ["0"]
+    studied = mb.study_tasks([(synth, "Dataset097_Synth")], now, records)
+    assert [(t.task_name, d, ms, fs) for t, d, ms, fs in studied] == [
+        ("Task97_Synth", "Dataset097_Synth", [a], ["0", "1"]),
+        ("Task98_Other", "Dataset098_Other", [a, b], ["0", "1"])]

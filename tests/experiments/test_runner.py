@@ -93,7 +93,8 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, monkeypatch):
     lines = []
     rec = runner.run_one(job, "cpu", str(tmp_path / "runs"), str(tmp_path / "logs"), environ=env, echo=lines.append)
     assert rec.status == "completed" and len(_trainings(env)) == 1
-    assert lines[0] == f"[lock] {job.name}: taking over a stale lock (process {dead.pid} on {socket.gethostname()} is gone)"
+    assert lines[0] == (f"[lock] {job.name}: taking over a stale lock "
+                        f"(process {dead.pid} on {socket.gethostname()} is gone)")
     assert not os.path.exists(os.path.join(fold, runner.LOCK_NAME))
 
 
