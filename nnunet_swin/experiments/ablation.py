@@ -1,17 +1,22 @@
 """The skip-connection ablation (``nnunet-swin ablate-skips``): one nnU-Net training per skip count and
 fold, then a report from nnU-Net's validation outputs.
 
-Jobs: ``--skips`` x ``--folds``, trainer ``--trainer-pattern.format(k=skips)`` (default
-``nnUNetTrainerSwinUnet_{k}skip``), run by :mod:`nnunet_swin.experiments.runner` (resumable, one run per GPU,
-or a SLURM array). Each run is an ordinary nnU-Net result
+Jobs: ``--skips`` x ``--folds`` (repeats dropped), trainer ``--trainer-pattern.format(k=skips)`` (default
+``nnUNetTrainerSwinUnet_{k}skip``), run by :mod:`nnunet_swin.experiments.runner` (resumable, locked per run,
+one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
 (``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<f>``).
 
-Report, written atomically to ``--out`` (default ``$nnUNet_results/<dataset>/ablation_skips__<plans>__<config>``):
+Report, written atomically to ``--out`` (default ``$nnUNet_results/<dataset>/ablation_skips__<plans>__<config>``),
+over the runs asked for and every run of the study recorded there by earlier calls (a narrower rerun does
+not shrink it):
 
-* ``per_case.csv``: skips, fold, case, label, Dice (nnU-Net's, read from ``validation/summary.json``), HD95 in
-  mm and NSD (MONAI, with the spacing nnU-Net's reader returns for the reference segmentation);
-* ``summary.csv`` / ``summary.md``: per skip count and label, mean and std over cases and over folds, and a
-  paired Wilcoxon signed-rank test (scipy) of each variant against the reference (3 skips) over cases;
+* ``per_case.csv``: skips, fold, case, label, Dice (nnU-Net's, read from ``validation/summary.json``), HD95 and
+  NSD (MONAI, with the spacing nnU-Net's reader returns for the reference segmentation: ``hd95_mm``, or
+  ``hd95_px`` for images without spacing such as PNG);
+* ``summary.csv`` / ``summary.md``: missing runs first; per skip count and label, mean and std over the cases
+  every variant has (the headline and the trend sentence; ``_all`` columns: over all of a variant's cases)
+  and over folds, and a paired Wilcoxon signed-rank test (scipy) of each variant against the reference
+  (3 skips) over cases, with the number of non-zero pairs it rests on and whether p < 0.05 is possible;
 * ``dice_vs_skips.png``: Dice against skip count, one line per label and the mean over labels;
 * ``runs.csv``: each run's status, epochs, wall time and peak GPU memory.
 """

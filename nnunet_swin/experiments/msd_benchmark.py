@@ -15,6 +15,9 @@ nnU-Net's result files:
 * ``<out>/leaderboard.csv`` / ``.md``: over tasks, each model's Dice per task and its mean rank;
 * ``<out>/runs.csv``: every training run.
 
+Each covers the runs of this call and every run earlier calls recorded in ``<out>/runs/``
+(:func:`study_tasks`), so a narrower rerun (fewer tasks, trainers or folds) never shrinks a leaderboard.
+
 Models: ``--trainers`` entries ``TRAINER[:CONFIGURATION[:PLANS]]`` run on every ``--configurations`` entry
 unless pinned; Swin-Unet trainers (``SwinUnet`` in the name) are 2D networks and go with the 2D
 configurations only. ``--resenc M|L|XL`` adds ``nnUNetTrainer`` with that residual-encoder preset.
