@@ -523,11 +523,11 @@ def read_lock(path: str) -> tuple[dict, float]:
         mtime = os.path.getmtime(path)
         with open(path) as f:
             info = json.load(f)
-        return (info if isinstance(info, dict) else {}), mtime
     except FileNotFoundError:
         return {}, 0.0
-    except (OSError, ValueError):
+    except ValueError:
         return {}, mtime
+    return (info if isinstance(info, dict) else {}), mtime
 
 
 def acquire_run_lock(job: Job, fold_dir: str, echo: Callable[[str], None] = print) -> RunLock:

@@ -192,7 +192,7 @@ def test_full_two_fold_run_writes_the_report(trained):
         (str(f), f"syn_{i:03d}") for f, ids in ((0, range(4)), (1, range(4, 8))) for i in ids}
     for r in per_case:
         assert r["dice"] == "" or 0.0 <= float(r["dice"]) <= 1.0
-        assert r["hd95_mm"] == "" or float(r["hd95_mm"]) >= 0
+        assert r["hd95_px"] == "" or float(r["hd95_px"]) >= 0  # PNG data: pixels
     # Dice is nnU-Net's own, from each fold's validation/summary.json
     nn = json.load(open(os.path.join(_results_folder(trained, 1, 0), "validation", "summary.json")))
     first = nn["metric_per_case"][0]
