@@ -424,12 +424,19 @@ def _num(x, digits: int) -> str:
     return fmt(x, digits) if isinstance(x, (int, float)) else "–"
 
 
+def _p_and_pairs(row: dict) -> str:
+    n = row.get("nonzero_pairs_vs_first")
+    return fmt_p(row.get("p_vs_first")) + (f" ({n})" if n is not None else "")
+
+
 def board_markdown(board: TaskBoard, command: str) -> str:
     lines = [f"# {board.task.task_name} ({board.dataset})", "",
              f"Command: `{command}`", "",
              "Ranked by the mean foreground Dice over the cross-validation cases (the mean over labels of each "
              "label's mean Dice, nnU-Net's `foreground_mean`); only models with every fold complete are ranked. "
-             "p: paired two-sided Wilcoxon signed-rank test (scipy) of the per-case mean Dice against rank 1.", "",
+             "p: paired two-sided Wilcoxon signed-rank test (scipy) of the per-case mean Dice against rank 1, in "
+             "brackets the pairs it ranks (those with a non-zero difference; with fewer than 6, p < 0.05 is "
+             "impossible).", "",
              board.find_best_note, ""]
     label_cols = "".join(f" Dice {lab} |" for lab in board.labels)
     lines.append(f"| rank | trainer | config | plans | folds | Dice |{label_cols} HD95 mm | p vs 1 | params M | "
@@ -439,7 +446,7 @@ def board_markdown(board: TaskBoard, command: str) -> str:
         per_label = "".join(f" {_num(r.get(f'dice[{lab}]'), 4)} |" for lab in board.labels)
         lines.append(
             f"| {r['rank'] or '–'} | {r['trainer']} | {r['configuration']} | {r['plans']} | {r['folds']} | "
-            f"{_num(r['dice_mean'], 4)} |{per_label} {_num(r['hd95_mean_mm'], 2)} | {fmt_p(r.get('p_vs_first'))} | "
+            f"{_num(r['dice_mean'], 4)} |{per_label} {_num(r['hd95_mean_mm'], 2)} | {_p_and_pairs(r)} | "
             f"{_num(r.get('params_m'), 2)} | {_num(r.get('gmacs_per_patch'), 3)} | {r.get('patch_size', '–')} | "
             f"{_num(r['epoch_time_s'], 1)} | {_num(r['peak_gpu_mem_mb'], 0)} | {r['selected_by_find_best']} |")
     lines += ["", "HD95 per label is in leaderboard.csv. Parameters and GMACs: the network nnU-Net's predictor builds "

@@ -264,3 +264,16 @@ def test_a_narrower_rerun_keeps_earlier_tasks_models_and_folds(tmp_path):
     assert [(t.task_name, d, ms, fs) for t, d, ms, fs in studied] == [
         ("Task97_Synth", "Dataset097_Synth", [a], ["0", "1"]),
         ("Task98_Other", "Dataset098_Other", [a, b], ["0", "1"])]
+
+
+def test_leaderboard_p_says_how_many_pairs_it_rests_on():
+    from nnunet_swin.experiments.msd import MSDTask
+
+    base = {"configuration": "2d", "plans": "nnUNetPlans", "folds": "5/5", "hd95_mean_mm": 1.0,
+            "epoch_time_s": 10.0, "peak_gpu_mem_mb": 100.0, "selected_by_find_best": ""}
+    board = mb.TaskBoard(MSDTask(97, "Synth", ""), DATASET, rows=[
+        {**base, "rank": 1, "trainer": "A", "dice_mean": 0.9},
+        {**base, "rank": 2, "trainer": "B", "dice_mean": 0.8, "p_vs_first": 0.0625, "nonzero_pairs_vs_first": 5}])
+    md = mb.board_markdown(board, "cmd")
+    assert "| 0.9000 | 1.00 | – |" in md and "| 0.8000 | 1.00 | 0.062 (5) |" in md
+    assert "with fewer than 6, p < 0.05 is impossible" in md
