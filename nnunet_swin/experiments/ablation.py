@@ -38,6 +38,7 @@ from nnunet_swin.experiments.metrics import (
     MM,
     PIXEL_NOTE,
     PX,
+    PairedTest,
     columns_in_unit,
     distance_unit,
     fmt,
@@ -203,16 +204,22 @@ def _headline_label(summary: list[dict]) -> str | None:
     return MEAN_LABEL if MEAN_LABEL in labels else next(iter(labels), None)
 
 
+def _test_of(r: dict, metric: str = "dice") -> PairedTest:
+    """The Wilcoxon test of one summary row against the reference."""
+    return PairedTest(r[f"{metric}_wilcoxon_p_vs_ref"], r[f"{metric}_n_pairs"], r[f"{metric}_n_nonzero_pairs"])
+
+
 def _significance(r: dict, metric: str = "dice") -> str:
     """'p = 0.031, 6 non-zero pairs: significant at 0.05' and the like, for one summary row."""
-    n, p = r[f"{metric}_n_nonzero_pairs"], r[f"{metric}_wilcoxon_p_vs_ref"]
+    test = _test_of(r, metric)
+    n, p = test.n_nonzero, test.p
     if not math.isfinite(p):
         return "no paired cases"
     if n == 0:
         return "equal on every paired case"
-    if 2.0 ** (1 - n) >= ALPHA:
+    if not test.can_reach(ALPHA):
         return (f"p = {fmt_p(p)}, {n} non-zero pairs: too few for p < {ALPHA:g} to be possible "
-                f"(smallest possible p = {2.0 ** (1 - n):.3g})")
+                f"(smallest possible p = {test.min_p:.3g})")
     verdict = "significant" if p < ALPHA else "not significant"
     return f"p = {fmt_p(p)}, {n} non-zero pairs: {verdict} at {ALPHA:g}"
 
@@ -268,7 +275,7 @@ def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, miss
                  f"p (HD95) vs {ref} |")
     lines.append("|---:|---|---:|---|---|---|---|---|---|---:|---|")
     for r in summary:
-        few = " †" if 0 < r["dice_n_nonzero_pairs"] and 2.0 ** (1 - r["dice_n_nonzero_pairs"]) >= ALPHA else ""
+        few = " †" if r["dice_n_nonzero_pairs"] and not _test_of(r).can_reach(ALPHA) else ""
         pairs = f"{r['dice_n_nonzero_pairs']} ({r['dice_n_pairs']})" if r["dice_n_pairs"] else "–"
         lines.append(
             f"| {r['skips']} | {r['label']} | {r['n_shared_cases']} | "
