@@ -326,8 +326,8 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
                  folds: Sequence = DEFAULT_FOLDS, skips: Sequence[int] = DEFAULT_SKIPS,
                  trainer_pattern: str = DEFAULT_TRAINER_PATTERN, device: str = "cuda", gpus: str | None = None,
                  slurm: str | None = None, slurm_options: Sequence[str] = (), slurm_cpus: int = 1,
-                 dry_run: bool = False,
-                 out: str | None = None, aggregate_only: bool = False, reference: int = REFERENCE_SKIPS,
+                 dry_run: bool = False, out: str | None = None, aggregate_only: bool = False,
+                 reference: int = REFERENCE_SKIPS,
                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, environ=None,
                  echo: Callable[[str], None] = print) -> int:
     """The whole study. Returns the exit code: 0 when every run completed and the report covers them all."""
@@ -406,8 +406,7 @@ def handle_args(args: argparse.Namespace) -> int:
 def _run_from_args(args: argparse.Namespace) -> int:
     return run_ablation(args.dataset, args.configuration, args.plans, args.folds, args.skips, args.trainer_pattern,
                         args.device, args.gpus, args.slurm, args.slurm_option, args.slurm_cpus, args.dry_run,
-                        args.out,
-                        args.aggregate_only, args.reference_skips, args.nsd_tolerance)
+                        args.out, args.aggregate_only, args.reference_skips, args.nsd_tolerance)
 
 
 def add_ablate_skips_parser(subparsers) -> argparse.ArgumentParser:

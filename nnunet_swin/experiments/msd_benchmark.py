@@ -25,8 +25,8 @@ Only the standard library is imported at module level.
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 import math
 import os
 import re
@@ -637,7 +637,8 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
 # --- command line --------------------------------------------------------------------------------------
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="TASK_DIR_OR_TAR",
-                   help="MSD task folders (TaskXX_Name), their .tar archives, or folders holding them")
+                   help="MSD task folders (TaskXX_Name), their .tar archives, or folders holding them; with "
+                        "--aggregate-only also the converted data sets ($nnUNet_raw/DatasetXXX_Name)")
     p.add_argument("--tasks", nargs="+", type=int, default=None, metavar="N", help="task numbers, e.g. 4 5")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), metavar="TRAINER[:CONFIG[:PLANS]]",
                    help="trainers; pin a configuration / plans with ':'")

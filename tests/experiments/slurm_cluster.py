@@ -112,7 +112,6 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
 MinJobAge=3600
-SchedulerParameters=defer_batch
 SlurmctldTimeout=30
 SlurmdTimeout=30
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN

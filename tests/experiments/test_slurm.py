@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 
 import pytest
 
@@ -108,6 +107,14 @@ def _finished(cluster: LocalSlurm, ids: list[str]) -> dict[str, list[dict]]:
     return cluster.wait_finished(ids, JOB_TIMEOUT_S)
 
 
+def _make_folders(env: dict) -> None:
+    """nnU-Net's three folders and the trainer folder with the test trainers."""
+    for var in (*runner.NNUNET_PATH_VARS, "nnUNet_extTrainer"):
+        os.makedirs(env[var], exist_ok=True)
+    with open(os.path.join(env["nnUNet_extTrainer"], "slurm_test_trainers.py"), "w") as f:
+        f.write(TRAINER_MODULE)
+
+
 def _plan(env: dict, dataset_id: int) -> None:
     plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
     proc = subprocess.run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints "
@@ -135,10 +142,7 @@ def study(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("slurm study"))  # a space in every path of the study
     env = _env(root)
-    for var in (*runner.NNUNET_PATH_VARS, "nnUNet_extTrainer"):
-        os.makedirs(env[var], exist_ok=True)
-    with open(os.path.join(env["nnUNet_extTrainer"], "slurm_test_trainers.py"), "w") as f:
-        f.write(TRAINER_MODULE)
+    _make_folders(env)
     write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "SlurmTiny", num_train=6, num_test=0, shape=(64, 64),
                             seed=3)
     _plan(env, DATASET_ID)
@@ -214,24 +218,17 @@ def test_ablation_on_slurm_failed_task_then_resubmit(cluster, study):
     per_case = _read_csv(os.path.join(out, "per_case.csv"))
     assert {(r["skips"], r["case"]) for r in per_case} == {(k, f"syn_{i:03d}") for k in ("0", "3") for i in range(3)}
 
-    # everything complete: a third submission starts no array, only the aggregation
-    array_id3, _, agg_id3 = _submit(cluster, script, elsewhere)
-    assert array_id3 is None
-    assert _finished(cluster, [agg_id3])[agg_id3][0]["JobState"] == "COMPLETED"
-
 
 # --- benchmark-msd --slurm ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_msd_benchmark_on_slurm_without_the_archive(cluster, study):
+def test_msd_benchmark_on_slurm_without_the_archive(cluster, tmp_path_factory):
     """The task, given as a relative path to its archive, is prepared at submission; the archive is deleted
     and the script submitted from another directory: the aggregation job still writes the leaderboards."""
     from nnunet_swin.synthetic import write_msd_task
 
-    root = os.path.join(study["root"], "msd")
+    root = str(tmp_path_factory.mktemp("slurm msd"))
     env = _env(root)
-    for var in runner.NNUNET_PATH_VARS:
-        os.makedirs(env[var])
-    env["nnUNet_extTrainer"] = study["env"]["nnUNet_extTrainer"]
+    _make_folders(env)
     folder = write_msd_task(os.path.join(root, "unpacked"), "Task96_SlurmMSD", num_train=5, num_test=1,
                             shape=(4, 40, 48), modalities=("T2",))
     os.makedirs(os.path.join(root, "downloads"))
@@ -246,7 +243,7 @@ def test_msd_benchmark_on_slurm_without_the_archive(cluster, study):
                           env=env, capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     os.unlink(archive)
-    array_id, tasks, agg_id = _submit(cluster, script, study["root"])
+    array_id, tasks, agg_id = _submit(cluster, script, str(tmp_path_factory.mktemp("elsewhere")))
     assert tasks == "0"
     jobs = _finished(cluster, [array_id, agg_id])
     assert jobs[array_id][0]["JobState"] == "COMPLETED"
@@ -299,3 +296,16 @@ def test_script_passes_options_as_separate_words(tmp_path):
     assert '"$DEPENDENCY"' in agg_line and 'DEPENDENCY="--dependency=afterany:${ARRAY_ID}"' in text
     assert f"export nnUNet_results={os.path.abspath('rel/results')}" in text  # jobs start elsewhere
     assert subprocess.run(["bash", "-n", str(tmp_path / "s.sh")]).returncode == 0
+
+
+def test_failure_note_ends_on_the_exception_above_buffered_output():
+    from nnunet_swin.experiments.ablation import failure_note
+
+    log = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "RuntimeError: boom", "",
+           *[f"buffered stdout line {i}" for i in range(30)]]
+    note = failure_note({"status": "failed", "returncode": 1, "log": "/l.log", "error": "\n".join(log)})
+    assert note.startswith("; the last attempt failed (exit code 1), log /l.log:")
+    assert note.rstrip().endswith("  RuntimeError: boom\n  ```") and "buffered stdout" not in note
+    plain = failure_note({"status": "failed", "returncode": 2, "error": "\n".join(f"l{i}" for i in range(30))})
+    assert "  l29\n" in plain and "  l14\n" not in plain and "  l15\n" in plain  # the last 15 lines
+    assert failure_note({"status": "completed"}) == "" and failure_note(None) == ""
