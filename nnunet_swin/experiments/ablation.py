@@ -51,9 +51,11 @@ from nnunet_swin.experiments.metrics import (
 from nnunet_swin.experiments.runner import (
     COMPLETE,
     Job,
+    add_slurm_arguments,
     atomic_write,
     csv_text,
     fold_state,
+    load_record,
     recorded_jobs,
     resolve_dataset_name,
     run_jobs,
@@ -343,6 +345,22 @@ def plot_dice_vs_skips(path: str, summary: list[dict], title: str = "") -> None:
 
 
 # --- aggregation -------------------------------------------------------------------------------------
+def failure_note(record: dict | None, lines: int = 15) -> str:
+    """For a missing run whose last attempt failed (a SLURM task, say): its exit code and the tail of its
+    log as an indented code block under the list item, so the report shows why without a log search."""
+    if not record or record.get("status") != "failed":
+        return ""
+    text = str(record.get("error", "")).rstrip().splitlines()
+    # Python's traceback (stderr, unbuffered) lands above the training's buffered stdout: end on its error.
+    starts = [i for i, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        end = next((i for i in range(starts[-1] + 1, len(text)) if text[i] and not text[i][0].isspace()), len(text) - 1)
+        text = text[: end + 1]
+    block = "\n".join("  " + line for line in ["```", *text[-lines:], "```"])
+    return (f"; the last attempt failed (exit code {record.get('returncode')}), log "
+            f"{record.get('log') or '(none)'}:\n\n{block}")
+
+
 @dataclass
 class AggregateResult:
     per_case: list[dict] = field(default_factory=list)
@@ -363,7 +381,8 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
         k = dict(job.tags)["skips"]
         if fold_state(job.fold_dir(environ)) != COMPLETE:
             res.missing.append(f"{k} skips, fold {job.fold} ({job.trainer}): no checkpoint_final.pth + "
-                               f"validation/summary.json in {job.fold_dir(environ)}")
+                               f"validation/summary.json in {job.fold_dir(environ)}"
+                               + failure_note(load_record(os.path.join(out_dir, "runs"), job)))
             continue
         res.per_case.extend(({"skips": int(k), **row} for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"])))
     os.makedirs(out_dir, exist_ok=True)
@@ -399,8 +418,9 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
 def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlans",
                  folds: Sequence = DEFAULT_FOLDS, skips: Sequence[int] = DEFAULT_SKIPS,
                  trainer_pattern: str = DEFAULT_TRAINER_PATTERN, device: str = "cuda", gpus: str | None = None,
-                 slurm: str | None = None, slurm_options: Sequence[str] = (), dry_run: bool = False,
-                 out: str | None = None, aggregate_only: bool = False, reference: int = REFERENCE_SKIPS,
+                 slurm: str | None = None, slurm_options: Sequence[str] = (), slurm_cpus: int = 1,
+                 dry_run: bool = False, out: str | None = None, aggregate_only: bool = False,
+                 reference: int = REFERENCE_SKIPS,
                  nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, environ=None,
                  echo: Callable[[str], None] = print) -> int:
     """The whole study. Returns the exit code: 0 when every run completed and the report covers them all.
@@ -424,7 +444,7 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
                "--out", out_dir, "--reference-skips", str(reference), "--nsd-tolerance", str(nsd_tolerance_mm),
                "--aggregate-only"]
         write_slurm_script(slurm, jobs, out_dir, agg, device=device, job_name=f"ablate_skips_{meta['dataset']}",
-                           sbatch_options=slurm_options, environ=environ)
+                           sbatch_options=slurm_options, cpus_per_task=slurm_cpus, environ=environ)
         echo(f"wrote {slurm}: {len(jobs)} array tasks + aggregation into {out_dir}; submit with `bash {slurm}`")
         return 0
 
@@ -464,8 +484,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time, queued")
     p.add_argument("--slurm", metavar="FILE", default=None,
                    help="write a SLURM submit script (job array + dependent aggregation) instead of running")
-    p.add_argument("--slurm-option", action="append", default=[], metavar="OPT",
-                   help="extra sbatch option for the array tasks, e.g. --slurm-option=--time=24:00:00 (repeatable)")
+    add_slurm_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print the nnUNetv2_train commands, run nothing")
     p.add_argument("--out", default=None,
                    help="report folder (default: $nnUNet_results/<dataset>/ablation_skips__<plans>__<configuration>)")
@@ -488,8 +507,8 @@ def handle_args(args: argparse.Namespace) -> int:
 
 def _run_from_args(args: argparse.Namespace) -> int:
     return run_ablation(args.dataset, args.configuration, args.plans, args.folds, args.skips, args.trainer_pattern,
-                        args.device, args.gpus, args.slurm, args.slurm_option, args.dry_run, args.out,
-                        args.aggregate_only, args.reference_skips, args.nsd_tolerance)
+                        args.device, args.gpus, args.slurm, args.slurm_option, args.slurm_cpus, args.dry_run,
+                        args.out, args.aggregate_only, args.reference_skips, args.nsd_tolerance)
 
 
 def add_ablate_skips_parser(subparsers) -> argparse.ArgumentParser:

@@ -28,9 +28,11 @@ Only the standard library is imported at module level.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -61,6 +63,7 @@ from nnunet_swin.experiments.msd import (
 from nnunet_swin.experiments.runner import (
     COMPLETE,
     Job,
+    add_slurm_arguments,
     atomic_write,
     child_env,
     csv_text,
@@ -85,6 +88,7 @@ DEFAULT_PLANNER = ("ExperimentPlanner", "nnUNetPlans")
 RESENC_PRESETS = {k: (f"nnUNetPlannerResEnc{k}", f"nnUNetResEncUNet{k}Plans") for k in ("M", "L", "XL")}
 PLANNER_OF_PLANS = {plans: planner for planner, plans in [DEFAULT_PLANNER, *RESENC_PRESETS.values()]}
 TWO_D_ONLY_MARK = "SwinUnet"
+CONVERTED_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9]+)$")
 
 
 # --- models and jobs ---------------------------------------------------------------------------------
@@ -533,6 +537,7 @@ class Options:
     num_processes: int = 4
     ensembling: bool = True
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM
+    slurm_cpus: int = 1
 
     def argv(self) -> list[str]:
         """The command-line arguments that mean these options (for reports and the SLURM aggregation)."""
@@ -553,6 +558,16 @@ class Options:
 
 def default_out_dir(environ=None) -> str:
     return os.path.join(env_path("nnUNet_results", environ), "nnunet_swin_msd_benchmark")
+
+
+def converted_task(path: str, id_offset: int) -> MSDTask | None:
+    """A converted data set folder (``$nnUNet_raw/DatasetXXX_Name``) as the task it came from, for
+    ``--aggregate-only``: the SLURM aggregation job names these (absolute), so it needs neither the archive
+    nor the path as typed at submission."""
+    m = CONVERTED_RE.match(os.path.basename(os.path.normpath(path)))
+    if not m or not os.path.isfile(os.path.join(path, "dataset.json")):
+        return None
+    return MSDTask(int(m.group(1)) - id_offset, m.group(2), os.path.abspath(path))
 
 
 def _prepare(task: MSDTask, models: Sequence[Model], o: Options, environ, log_dir: str,
@@ -588,7 +603,11 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
     out_dir = os.path.abspath(o.out or default_out_dir(environ))
     log_dir = os.path.join(out_dir, "logs")
     command = shlex.join(["nnunet-swin", "benchmark-msd", *o.argv(), *(["--out", o.out] if o.out else [])])
-    tasks, problems = discover_tasks(o.paths, o.tasks)
+    converted = [converted_task(p, o.id_offset) for p in o.paths] if o.aggregate_only else []
+    if converted and all(converted):
+        tasks, problems = [t for t in converted if o.tasks is None or t.number in o.tasks], []
+    else:
+        tasks, problems = discover_tasks(o.paths, o.tasks)
     for p in problems:
         echo(f"[SKIPPED] {p}")
     prepared: list[tuple[MSDTask, str]] = []
@@ -605,10 +624,13 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
         if not jobs:
             echo("no task could be prepared; no SLURM script written")
             return 1
-        agg = [sys.executable, "-m", "nnunet_swin.experiments.msd_benchmark", *o.argv(), "--out", out_dir,
+        raw = os.path.abspath(env_path("nnUNet_raw", environ))
+        converted_paths = [os.path.join(raw, dataset) for _, dataset in prepared]
+        agg_options = dataclasses.replace(o, paths=converted_paths, tasks=None)
+        agg = [sys.executable, "-m", "nnunet_swin.experiments.msd_benchmark", *agg_options.argv(), "--out", out_dir,
                "--aggregate-only"]
         write_slurm_script(o.slurm, jobs, out_dir, agg, device=o.device, job_name="msd_benchmark",
-                           sbatch_options=o.slurm_options, environ=environ)
+                           sbatch_options=o.slurm_options, cpus_per_task=o.slurm_cpus, environ=environ)
         echo(f"wrote {o.slurm}: {len(jobs)} array tasks + aggregation into {out_dir}; submit with `bash {o.slurm}`")
         return 0 if not problems else 1
     ok = not problems
@@ -657,7 +679,8 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
 # --- command line --------------------------------------------------------------------------------------
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="TASK_DIR_OR_TAR",
-                   help="MSD task folders (TaskXX_Name), their .tar archives, or folders holding them")
+                   help="MSD task folders (TaskXX_Name), their .tar archives, or folders holding them; with "
+                        "--aggregate-only also the converted data sets ($nnUNet_raw/DatasetXXX_Name)")
     p.add_argument("--tasks", nargs="+", type=int, default=None, metavar="N", help="task numbers, e.g. 4 5")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), metavar="TRAINER[:CONFIG[:PLANS]]",
                    help="trainers; pin a configuration / plans with ':'")
@@ -671,8 +694,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slurm", metavar="FILE", default=None,
                    help="prepare the data here, then write a SLURM submit script (job array + dependent "
                         "find_best/leaderboard job) instead of training")
-    p.add_argument("--slurm-option", action="append", default=[], metavar="OPT",
-                   help="extra sbatch option for the array tasks (repeatable)")
+    add_slurm_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print the nnU-Net commands, run nothing")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing; leaderboards from what exists")
     p.add_argument("--out", default=None, help="report folder (default: $nnUNet_results/nnunet_swin_msd_benchmark)")
@@ -688,7 +710,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(a: argparse.Namespace) -> Options:
     return Options(a.paths, a.tasks, a.trainers, a.configurations, a.resenc, a.folds, a.device, a.gpus, a.slurm,
                    a.slurm_option, a.dry_run, a.aggregate_only, a.out, a.id_offset, a.num_processes,
-                   not a.no_ensembling, a.nsd_tolerance)
+                   not a.no_ensembling, a.nsd_tolerance, a.slurm_cpus)
 
 
 def handle_args(a: argparse.Namespace) -> int:

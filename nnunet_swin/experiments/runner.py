@@ -20,15 +20,15 @@ A *job* is one ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS 
 * locks each run while it trains (``nnunet_swin_run.lock`` in its result folder, :class:`RunLock`): a second
   runner for the same run (another call on the same study, another terminal, a racing SLURM array task)
   *waits* for the holder and then finds the run complete; it never trains it at the same time. Waiting
-  (not skipping) keeps a study's exit code and an array task's ``afterok`` meaning "this run is done". A
+  (not skipping) keeps a study's exit code and an array task's exit status meaning "this run is done". A
   lock whose holder died is taken over (rule in :func:`lock_stale_reason`);
 * keeps going when a run fails, prints the tail of its log, and reports (exit code) whether all completed;
 * records per run the epochs trained (from nnU-Net's training log), wall time and peak GPU memory
   (``torch.cuda.max_memory_allocated`` in the training process, when it used a GPU) in
   ``<out>/runs/<job>.json`` and next to the run (``nnunet_swin_run.json`` in its result folder, so another
   study using the same run keeps them), from which :func:`write_runs_csv` writes ``runs.csv``;
-* or writes a SLURM script (:func:`write_slurm_script`): a job array with one task per job and a
-  dependent (``--dependency=afterok:``) aggregation job.
+* or writes a SLURM script (:func:`write_slurm_script`): a job array with one task per job not yet
+  complete and a dependent (``--dependency=afterany:``) aggregation job, which runs even when a task failed.
 
 The training process is nnU-Net's own entry point (``nnunetv2.run.run_training.run_training_entry``, what
 the ``nnUNetv2_train`` console script calls) started as ``python -m nnunet_swin.experiments.runner train
@@ -566,6 +566,7 @@ def child_env(base: dict | None, gpu: str | None) -> dict:
         env[ENV_VAR] = append_to_env(env.get(ENV_VAR))
     except Exception:  # pragma: no cover - registration module missing or changed
         pass
+    env.setdefault("PYTHONUNBUFFERED", "1")  # a traceback then lands in the log after the lines before it
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     return env
@@ -785,6 +786,62 @@ def summarize_report(report: RunReport) -> str:
 
 
 # --- SLURM -------------------------------------------------------------------------------------------
+#: sbatch options that request GPUs: they go to the array tasks only (the aggregation needs none).
+GPU_OPTION_PREFIXES = ("--gres", "--gpus", "--gpu-", "--cpus-per-gpu", "--mem-per-gpu", "-G")
+
+
+def split_sbatch_options(options: Sequence[str]) -> list[str]:
+    """``--slurm-option`` values split as a shell would (``"--partition gpu"`` is two sbatch arguments).
+
+    Raises ValueError for a value that is not an sbatch option or has unbalanced quotes."""
+    out: list[str] = []
+    for opt in options:
+        try:
+            words = shlex.split(opt)
+        except ValueError as e:
+            raise ValueError(f"--slurm-option {opt!r}: {e}; quote as in a shell, e.g. --slurm-option=\"--time 1:00:00\"") from None
+        if words and not words[0].startswith("-"):
+            raise ValueError(f"--slurm-option {opt!r} is not an sbatch option; write it as on sbatch's command line, "
+                             "e.g. --slurm-option=--partition=gpu or --slurm-option=\"--account myproject\"")
+        out += words
+    return out
+
+
+def _option_groups(words: Sequence[str]) -> list[list[str]]:
+    """sbatch arguments grouped per option (``--partition gpu`` stays together)."""
+    groups: list[list[str]] = []
+    for w in words:
+        if w.startswith("-") or not groups:
+            groups.append([w])
+        else:
+            groups[-1].append(w)
+    return groups
+
+
+def _sbatch_options_per_job(options: Sequence[str], device: str, cpus_per_task: int) -> tuple[list[str], list[str]]:
+    """(array task options, aggregation job options): ``--cpus-per-task`` and every option for both, GPU
+    requests for the array tasks only (``--gres=gpu:1`` on CUDA unless a GPU option is given)."""
+    if cpus_per_task < 1:
+        raise ValueError(f"--slurm-cpus must be at least 1, got {cpus_per_task}")
+    groups = _option_groups(split_sbatch_options(options))
+    gpu = [g for g in groups if g[0].startswith(GPU_OPTION_PREFIXES)]
+    if device == "cuda" and not gpu:
+        gpu = [["--gres=gpu:1"]]
+    common = [f"--cpus-per-task={cpus_per_task}"] + [w for g in groups if g not in gpu for w in g]
+    return common + [w for g in gpu for w in g], common
+
+
+def add_slurm_arguments(p: argparse.ArgumentParser) -> None:
+    """``--slurm-option`` and ``--slurm-cpus``, shared by the commands that write SLURM scripts."""
+    p.add_argument("--slurm-option", action="append", default=[], metavar="OPT",
+                   help="extra sbatch option(s) for every job, split as a shell would (repeatable), e.g. "
+                        "--slurm-option=--time=24:00:00 --slurm-option=\"--partition gpu\" "
+                        "--slurm-option=--account=proj; GPU requests (--gres, --gpus...) go to the training tasks only")
+    p.add_argument("--slurm-cpus", type=int, default=1, metavar="N",
+                   help="CPUs per SLURM job (--cpus-per-task): nnU-Net's data augmentation workers use them; "
+                        "at most what the partition's nodes have")
+
+
 def _job_cli_args(job: Job) -> list[str]:
     args = ["--dataset", job.dataset, "--configuration", job.configuration, "--fold", job.fold,
             "--trainer", job.trainer, "--plans", job.plans]
@@ -795,42 +852,82 @@ def _job_cli_args(job: Job) -> list[str]:
     return args
 
 
+def _job_to_json(job: Job) -> dict:
+    return {"dataset": job.dataset, "configuration": job.configuration, "fold": job.fold, "trainer": job.trainer,
+            "plans": job.plans, "tags": [list(t) for t in job.tags], "extra_args": list(job.extra_args)}
+
+
+def _job_from_json(d: dict) -> Job:
+    return Job(d["dataset"], d["configuration"], d["fold"], d["trainer"], d["plans"],
+               tuple(tuple(t) for t in d["tags"]), tuple(d["extra_args"]))
+
+
+def array_spec(indices: Sequence[int]) -> str:
+    """SLURM ``--array`` index list, consecutive runs as ranges: [0, 1, 2, 5] -> '0-2,5'."""
+    parts, start = [], None
+    for i, n in enumerate(indices):
+        if start is None:
+            start = n
+        if i + 1 == len(indices) or indices[i + 1] != n + 1:
+            parts.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(parts)
+
+
+def _absolute_path_list(value: str) -> str:
+    """An os.pathsep list of folders made absolute (a job may start in another directory)."""
+    return os.pathsep.join(os.path.abspath(p) for p in value.split(os.pathsep) if p)
+
+
+def _env_exports(environ, pkg_parent: str) -> str:
+    q = shlex.quote
+    exports = []
+    for v in PASSED_ENV_VARS:
+        if environ.get(v):
+            value = environ[v]
+            if v in NNUNET_PATH_VARS or v == "nnUNet_extTrainer":
+                value = _absolute_path_list(value)
+            exports.append(f"export {v}={q(value)}")
+    exports.append(f"export PYTHONPATH={q(pkg_parent)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"")
+    return "\n".join(exports)
+
+
 def write_slurm_script(path: str, jobs: Sequence[Job], out_dir: str, aggregate_command: Sequence[str] | None = None,
                        device: str = "cuda", job_name: str = "nnunet", sbatch_options: Sequence[str] = (),
-                       aggregate_sbatch_options: Sequence[str] = ("--cpus-per-task=4",),
-                       python: str | None = None, environ=None, max_parallel: int | None = None) -> str:
+                       cpus_per_task: int = 1, python: str | None = None, environ=None,
+                       max_parallel: int | None = None) -> str:
     """Write a bash script that, run with ``bash path`` on the cluster's login node, submits
 
-    1. a job array with one task per job (index i runs ``jobs[i]``, with the resume logic of
-       :func:`run_one`: complete runs are skipped, interrupted ones continue with ``--c``), and
-    2. the aggregation job (``aggregate_command``), ``--dependency=afterok:<array id>``.
+    1. a job array with one task per run that is not complete *at submission* (checked from nnU-Net's
+       result folders then, so submitting again trains only what is missing or failed; each task also
+       skips a run found complete and continues an interrupted one with ``--c``, as :func:`run_one` does),
+    2. the aggregation job (``aggregate_command``), ``--dependency=afterany:<array id>``: it runs when every
+       task has ended, failed ones included, and its report lists what is missing with the log tails.
 
-    ``sbatch_options`` are extra ``sbatch`` options for the array tasks (e.g. ``--time=24:00:00``,
-    ``--partition=gpu``); ``--gres=gpu:1`` is added for ``device='cuda'`` unless a ``--gres`` is given.
-    Returns the script text."""
+    ``sbatch_options`` (``--slurm-option`` values, split as a shell would) go to both jobs, except GPU
+    requests (``--gres``, ``--gpus...``), which go to the array tasks only; ``--gres=gpu:1`` is added for
+    ``device='cuda'`` unless one is given. Every job asks for ``cpus_per_task`` CPUs (default 1: what any
+    node offers; a larger request than the partition's nodes have stays PENDING forever). Returns the
+    script text."""
     if not jobs:
         raise ValueError("no jobs to write a SLURM script for")
     environ = os.environ if environ is None else environ
     python = python or sys.executable
     out_dir = os.path.abspath(out_dir)
-    opts = list(sbatch_options)
-    if device == "cuda" and not any(o.startswith("--gres") for o in opts):
-        opts.append("--gres=gpu:1")
+    array_opts, aggregate_opts = _sbatch_options_per_job(sbatch_options, device, cpus_per_task)
     n = len(jobs)
-    array = f"0-{n - 1}" + (f"%{max_parallel}" if max_parallel else "")
     log_dir = os.path.join(out_dir, "slurm_logs")
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     q = shlex.quote
-
-    exports = [f"export {v}={q(environ[v])}" for v in PASSED_ENV_VARS if environ.get(v)]
-    exports.append(f"export PYTHONPATH={q(pkg_parent)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"")
-    env_block = "\n".join(exports)
+    env_block = _env_exports(environ, pkg_parent)
+    common = f"--chdir={q(out_dir)}"
 
     lines = [
         "#!/usr/bin/env bash",
         f"# Written by nnunet_swin.experiments.runner on {time.strftime('%Y-%m-%d %H:%M:%S')}.",
-        f"# Submit with:  bash {q(os.path.abspath(path))}      (runs sbatch twice; do not sbatch this file)",
-        f"# Array: {n} tasks, one per run; aggregation job afterwards (afterok on the whole array).",
+        f"# Submit with:  bash {q(os.path.abspath(path))}      (runs sbatch; do not sbatch this file)",
+        f"# Array: one task per run of the {n} below that is not complete when this script runs; then the",
+        "# aggregation job (afterany: it runs after every task has ended, failed ones included).",
         "# A task whose nnU-Net result folder is complete does nothing; an interrupted one continues (--c).",
         "# Task -> equivalent nnU-Net command:",
     ]
@@ -838,11 +935,18 @@ def write_slurm_script(path: str, jobs: Sequence[Job], out_dir: str, aggregate_c
         lines.append(f"#   {i}: {shlex.join([TRAIN_PROGRAM, *train_args(job, device)])}")
     lines += [
         "set -euo pipefail",
+        env_block,
         f"mkdir -p {q(log_dir)}",
         "",
-        f"ARRAY_ID=$(sbatch --parsable --job-name={q(job_name)} --array={array} "
-        f"--output={q(os.path.join(log_dir, job_name + '_%A_%a.log'))} "
-        + " ".join(q(o) for o in opts) + " <<'NNUNET_ARRAY'",
+        f"TODO=$({shlex.join([python, '-m', 'nnunet_swin.experiments.runner', 'pending'])} <<'NNUNET_JOBS'",
+        json.dumps([_job_to_json(j) for j in jobs]),
+        "NNUNET_JOBS",
+        ")",
+        'DEPENDENCY=""',
+        'if [ -n "$TODO" ]; then',
+        f"ARRAY_ID=$(sbatch --parsable --job-name={q(job_name)} --array=\"$TODO\"{'%' + str(max_parallel) if max_parallel else ''} "
+        f"{common} --output={q(os.path.join(log_dir, job_name + '_%A_%a.log'))} "
+        + " ".join(q(o) for o in array_opts) + " <<'NNUNET_ARRAY'",
         "#!/usr/bin/env bash",
         "set -euo pipefail",
         env_block,
@@ -858,26 +962,38 @@ def write_slurm_script(path: str, jobs: Sequence[Job], out_dir: str, aggregate_c
         "NNUNET_ARRAY",
         ")",
         'ARRAY_ID="${ARRAY_ID%%;*}"',
-        'echo "submitted array job ${ARRAY_ID} (' + str(n) + ' tasks)"',
+        'DEPENDENCY="--dependency=afterany:${ARRAY_ID}"',
+        f'echo "submitted array job ${{ARRAY_ID}}: tasks ${{TODO}} of 0-{n - 1} (the others are complete)"',
+        "else",
+        f'echo "all {n} runs are complete; no array job"',
+        "fi",
     ]
     if aggregate_command:
         lines += [
-            f"AGG_ID=$(sbatch --parsable --job-name={q(job_name + '_aggregate')} "
-            f"--dependency=afterok:${{ARRAY_ID}} "
-            f"--output={q(os.path.join(log_dir, job_name + '_aggregate_%j.log'))} "
-            + " ".join(q(o) for o in aggregate_sbatch_options) + " <<'NNUNET_AGGREGATE'",
+            f"AGG_ID=$(sbatch --parsable --job-name={q(job_name + '_aggregate')} ${{DEPENDENCY:+\"$DEPENDENCY\"}} "
+            f"{common} --output={q(os.path.join(log_dir, job_name + '_aggregate_%j.log'))} "
+            + " ".join(q(o) for o in aggregate_opts) + " <<'NNUNET_AGGREGATE'",
             "#!/usr/bin/env bash",
             "set -euo pipefail",
             env_block,
             "exec " + shlex.join(list(aggregate_command)),
             "NNUNET_AGGREGATE",
             ")",
-            'echo "submitted aggregation job ${AGG_ID%%;*} (runs after array ${ARRAY_ID} succeeds)"',
+            'echo "submitted aggregation job ${AGG_ID%%;*} (runs after the array has ended, failed tasks included)"',
         ]
     text = "\n".join(lines) + "\n"
     atomic_write(path, text)
     os.chmod(path, 0o755)
     return text
+
+
+def _pending_main(argv: list[str]) -> int:
+    """``runner pending < jobs.json``: prints the ``--array`` indices of the runs not complete now (what the
+    SLURM submit script submits)."""
+    argparse.ArgumentParser(prog="python -m nnunet_swin.experiments.runner pending").parse_args(argv)
+    jobs = [_job_from_json(d) for d in json.load(sys.stdin)]
+    print(array_spec([i for i, job in enumerate(jobs) if fold_state(job.fold_dir()) != COMPLETE]))
+    return 0
 
 
 # --- command line (used by the SLURM tasks and as the training wrapper) -------------------------------
@@ -932,12 +1048,11 @@ def _run_job_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "run-job"):
-        print("usage: python -m nnunet_swin.experiments.runner {train,run-job} ...", file=sys.stderr)
+    commands = {"train": _train_main, "run-job": _run_job_main, "pending": _pending_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m nnunet_swin.experiments.runner {train,run-job,pending} ...", file=sys.stderr)
         return 2
-    if argv[0] == "train":
-        return _train_main(argv[1:])
-    return _run_job_main(argv[1:])
+    return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

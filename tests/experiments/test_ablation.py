@@ -290,14 +290,14 @@ def test_slurm_script(nnunet_root, tmp_path):
     assert rc == 0 and os.path.isfile(script)
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     text = open(script).read()
-    assert "--array=0-11 " in text
+    assert '--array="$TODO"' in text  # the runs not complete at submission
     for i in range(12):
         assert f"\n  {i}) exec " in text
     assert "\n  12) " not in text
     # one array index per variant x fold, in the order of the jobs
     assert "--trainer nnUNetTrainerSwinUnet_0skip --plans nnUNetPlans --tag skips=0" in text.split("\n  0) ")[1].split("\n")[0]
     assert "--fold 2 --trainer nnUNetTrainerSwinUnet_3skip" in text.split("\n  11) ")[1].split("\n")[0]
-    assert "--dependency=afterok:${ARRAY_ID}" in text
+    assert "--dependency=afterany:${ARRAY_ID}" in text
     assert "--aggregate-only" in text.split("NNUNET_AGGREGATE")[1]
     assert "--gres=gpu:1" in text and "--time=12:00:00" in text
     assert f"export nnUNet_results={env['nnUNet_results']}" in text
@@ -319,7 +319,7 @@ def test_slurm_script(nnunet_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     first, second = (calls / "1.txt").read_text(), (calls / "2.txt").read_text()
     assert "--array=0-11" in first.splitlines()[0]
-    assert "--dependency=afterok:1001" in second.splitlines()[0]
+    assert "--dependency=afterany:1001" in second.splitlines()[0]
     assert "ablation" in second and "--aggregate-only" in second
 
 

@@ -186,7 +186,9 @@ def test_slurm_script_and_aggregate_only(bench):
     proc = _run([bench["downloads"], "--tasks", "97", *bench["common"], "--slurm", script], bench["env"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = open(script).read()
-    assert "--array=0-1" in text and "afterok" in text and "--aggregate-only" in text
+    assert '--array="$TODO"' in text and "afterany" in text and "--aggregate-only" in text
+    # the aggregation job reads the converted data set, not the archive as typed
+    assert os.path.join(bench["env"]["nnUNet_raw"], DATASET) in text.split("NNUNET_AGGREGATE")[1]
     assert "nnUNetv2_train Dataset097_SynthMSD 2d 0 -tr MsdShortSwin" in text
     os.unlink(os.path.join(bench["out"], DATASET, "leaderboard.csv"))
     proc = _run([bench["downloads"], "--tasks", "97", *bench["common"], "--aggregate-only"], bench["env"])
