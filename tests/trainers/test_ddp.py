@@ -9,35 +9,25 @@ trainer's loss (``_build_loss`` with ``is_ddp`` set by nnU-Net itself) are the s
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from trainer_test_helpers import TINY_NETWORK, dataset_json, small_plans
+
 WORLD = 2
 ITERATIONS = 3
 PATCH = (64, 64)  # tiny network, stages 16, 8, 4, 2 tokens: fast, and every deep-supervision scale exists
-TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
-DATASET_JSON = {"labels": {"background": 0, "a": 1, "b": 2}, "channel_names": {"0": "x"}, "numTraining": 1,
-                "file_ending": ".png"}
-
-
-def small_plans() -> dict:
-    arch = {"network_class_name": "unused", "arch_kwargs": {"strides": [[1, 1], [2, 2]]}, "_kw_requires_import": []}
-    config = {"data_identifier": "nnUNetPlans_2d", "patch_size": list(PATCH), "batch_size": 2, "batch_dice": True,
-              "spacing": [1.0, 1.0], "architecture": arch}
-    return {"dataset_name": "Dataset991_DDP", "plans_name": "nnUNetPlans", "configurations": {"2d": config},
-            "continue_training": False}
 
 
 def _check_trainer(trainer_cls, deep_supervision: bool, rank: int) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     cls = type(f"{trainer_cls.__name__}_ddp_ds{int(deep_supervision)}", (trainer_cls,),
-               {"network_options": {**trainer_cls.network_options, **TINY}, "deep_supervision": deep_supervision})
-    trainer = cls(small_plans(), "2d", 0, DATASET_JSON, torch.device("cpu"))
+               {"network_options": {**trainer_cls.network_options, **TINY_NETWORK}, "deep_supervision": deep_supervision})
+    trainer = cls(small_plans(PATCH), "2d", 0, dataset_json(2), torch.device("cpu"))
     assert trainer.is_ddp  # nnU-Net's own detection: the loss is built as for -num_gpus 2
     net = cls.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
                                          trainer.label_manager.num_segmentation_heads,
