@@ -36,7 +36,20 @@ def test_round_patch_size_never_smaller():
     assert round_patch_size([33, 1]) == [64, 32]
 
 
-def test_plans_edited_before_nnunet_copies_them():
+def test_nnunet_keeps_the_plans_dict_but_copies_the_configuration():
+    """What the docstrings say: PlansManager keeps the dict itself (plans.json is written from it), while
+    get_configuration deep-copies the configuration and caches it, so the patch must be edited first."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = _plans()
+    pm = PlansManager(plans)
+    assert pm.plans is plans
+    cm = pm.get_configuration("2d")
+    plans["configurations"]["2d"]["patch_size"] = [128, 96]
+    assert list(cm.patch_size) == [112, 80] and pm.get_configuration("2d") is cm
+
+
+def test_plans_edited_before_nnunet_reads_the_configuration():
     plans = _plans()
     note = AbstractSwinUnetTrainer._adapt_plans_for_swin(plans, "2d")
     assert plans["configurations"]["2d"]["patch_size"] == [128, 96]
