@@ -1,6 +1,7 @@
 """Only here to ship ``nnunet_swin_ext_trainer.pth`` at the root of site-packages (metadata lives in
 pyproject.toml). The .pth line registers the trainers with nnU-Net at interpreter start; see
-``nnunet_swin/registration.py``. Editable installs do not get it: use ``nnunet-swin ext-trainer-dir``.
+``nnunet_swin/registration.py``. Editable installs (``pip install -e .``) get it too, naming the source
+tree's trainer directory.
 """
 
 import importlib.util
@@ -26,10 +27,15 @@ class build_py_with_pth(build_py):
     def run(self):
         super().run()
         if getattr(self, "editable_mode", False):
-            return
-        os.makedirs(self.build_lib, exist_ok=True)
-        with open(self._pth_path(), "w", encoding="utf-8") as f:
-            f.write(_registration.PTH_LINE + "\n")
+            # setuptools' editable_wheel builds into a throw-away build_lib and points install_lib at the
+            # unpacked editable wheel, whose files land in site-packages next to its own __editable__ .pth.
+            target = self.get_finalized_command("install").install_lib
+            line = _registration.pth_line(os.path.join(_HERE, "nnunet_swin", "ext_trainers"))
+        else:
+            target, line = self.build_lib, _registration.PTH_LINE
+        os.makedirs(target, exist_ok=True)
+        with open(os.path.join(target, _registration.PTH_NAME), "w", encoding="utf-8") as f:
+            f.write(line + "\n")
 
     def get_outputs(self, include_bytecode=True):
         outputs = list(super().get_outputs(include_bytecode))

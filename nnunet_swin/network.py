@@ -557,12 +557,14 @@ class SwinDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(embed_dim)
         self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, patch_size)
-        self.head = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
-        # auxiliary heads at 1/4, 1/8, 1/16 (the 1/4 one reads the normed features of the last stage)
-        self.aux_heads = nn.ModuleList(
-            nn.Conv2d(embed_dim * 2**enc, num_classes, kernel_size=1, bias=False) for enc in range(NUM_STAGES - 1)
+        # Output heads, one per output in deep-supervision order: seg_layers[0] is the full-resolution head,
+        # then 1/4 (reads the normed features of the last stage), 1/8, 1/16. nnU-Net's -pretrained_weights
+        # skips every key containing ".seg_layers.", so fine-tuning between label sets works; this order
+        # is the old head, aux_heads.0-2 order, so optimizer states of older checkpoints still line up.
+        self.seg_layers = nn.ModuleList(
+            nn.Conv2d(embed_dim * 2 ** max(0, i - 1), num_classes, kernel_size=1, bias=False) for i in range(NUM_STAGES)
         )
-
+        self.register_load_state_dict_pre_hook(_rename_old_head_keys)
 
     def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """features: channels-last skips (1/4, 1/8, 1/16) then the bottleneck, as the encoder makes them."""
@@ -576,16 +578,30 @@ class SwinDecoder(nn.Module):
                 per_scale.append(out)
         finest = self.norm(per_scale[-1])
         # the final expand's LayerNorm at full resolution is recomputed in backward, not kept
-        logits = norm_linear(self.final_expand.project(finest), self.final_expand.norm, self.head).permute(0, 3, 1, 2)
+        head, *aux_heads = self.seg_layers
+        logits = norm_linear(self.final_expand.project(finest), self.final_expand.norm, head).permute(0, 3, 1, 2)
         if not self.deep_supervision:
             return logits
         per_scale[-1] = finest
-        aux = [norm_linear(feat, None, head).permute(0, 3, 1, 2) for head, feat in zip(self.aux_heads, reversed(per_scale))]
+        aux = [norm_linear(feat, None, head).permute(0, 3, 1, 2) for head, feat in zip(aux_heads, reversed(per_scale))]
         return [logits, *aux]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """features: NCHW skips (1/4, 1/8, 1/16) then the bottleneck, as ``SwinEncoder.forward`` returns them."""
         return self.forward_tokens([f.permute(0, 2, 3, 1) for f in features])
+
+
+#: Output-head names before they became ``seg_layers`` (checkpoints written until then use them).
+_OLD_HEAD_KEYS = {"head.weight": "seg_layers.0.weight",
+                  **{f"aux_heads.{i}.weight": f"seg_layers.{i + 1}.weight" for i in range(NUM_STAGES - 1)}}
+
+
+def _rename_old_head_keys(module, state_dict, prefix, *_args) -> None:
+    """load_state_dict pre-hook of SwinDecoder: rename ``head`` / ``aux_heads.i`` in an older checkpoint to
+    ``seg_layers.0`` / ``seg_layers.i+1``, so results folders trained before the rename still predict."""
+    for old, new in _OLD_HEAD_KEYS.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
 
 
 def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
@@ -681,6 +697,15 @@ class SwinUnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+            # fp16 overflows in Swin attention and MLPs (max 65504). nnU-Net's validation and predictor
+            # autocast to fp16 unless told otherwise: compute in float32 then, never in fp16.
+            with torch.autocast(device, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         return self.decoder.forward_tokens(self.encoder.forward_tokens(x))
 
 

@@ -34,10 +34,12 @@ _OFFICIAL_RULES: tuple[tuple[str, str], ...] = (
     (r"concat_back_dim\.(\d)\.", r"decoder.stages.\1.fuse."),
     (r"norm_up\.", "decoder.norm."),
     (r"up\.", "decoder.final_expand."),
-    (r"output\.", "decoder.head."),
+    (r"output\.", "decoder.seg_layers.0."),
 )
 _OFFICIAL_PREFIXES = ("module.swin_unet.", "swin_unet.", "module.")
 _BUFFERS = ("relative_position_index", "attn_mask")
+# our deep-supervision heads (1/4, 1/8, 1/16), which the official model does not have
+_AUX_HEAD_PREFIXES = tuple(f"decoder.seg_layers.{i}." for i in range(1, NUM_STAGES))
 
 
 class WeightLoadError(RuntimeError):
@@ -65,7 +67,7 @@ class LoadReport:
 
 
 def _collapse(keys: list[str]) -> list[str]:
-    """Group keys by module for a readable report (``decoder.aux_heads.*``)."""
+    """Group keys by module for a readable report (``decoder.seg_layers.1.*``)."""
     return list(dict.fromkeys(k.rsplit(".", 1)[0] + ".*" for k in keys))  # the owning module, never wider
 
 
@@ -151,7 +153,7 @@ def official_to_swinunet(model: SwinUnet, state_dict: Mapping[str, torch.Tensor]
             problems.append(f"{key}: maps to {new}, which another checkpoint tensor already filled")
         else:
             mapped[new] = value
-    official_only = [k for k in ours if k not in mapped and not k.startswith("decoder.aux_heads.")]
+    official_only = [k for k in ours if k not in mapped and not k.startswith(_AUX_HEAD_PREFIXES)]
     problems += [f"{_official_name(k)}: missing from the checkpoint (model has {k} {tuple(ours[k].shape)})"
                  for k in official_only]
     if problems:
@@ -181,7 +183,7 @@ def _hint(key: str, model: SwinUnet) -> str:
 
 
 def _shape_hint(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> str:
-    if key == "decoder.head.weight":
+    if key == "decoder.seg_layers.0.weight":
         return f": the checkpoint predicts {theirs.shape[0]} classes; build the model with num_classes={theirs.shape[0]}"
     if key == "encoder.patch_embed.proj.weight" and theirs.shape[1] != ours.shape[1]:
         return (f": the checkpoint takes {theirs.shape[1]} input channels (the official wrapper repeats grayscale "

@@ -37,7 +37,7 @@ def test_forward_backward_grid(size, num_skips, upsampling):
     assert y.shape == (1, 3, *size)
     y.square().mean().backward()
     for name, p in model.named_parameters():
-        if name.startswith("decoder.aux_heads"):
+        if name.startswith(("decoder.seg_layers.1.", "decoder.seg_layers.2.", "decoder.seg_layers.3.")):
             assert p.grad is None  # no deep supervision: the auxiliary heads are not used
             continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -46,7 +46,7 @@ def test_forward_backward_grid(size, num_skips, upsampling):
 
 def test_default_is_the_papers_tiny_model():
     model = SwinUnet(3, 9)
-    aux = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder.aux_heads"))
+    aux = sum(p.numel() for p in model.decoder.seg_layers[1:].parameters())
     assert _params(model) - aux == 27_168_900  # the official SwinTransformerSys at 9 classes, in_chans 3
     assert aux == (96 + 192 + 384) * 9
     assert _params(SwinUnet(1, 9)) - aux == 27_165_828
@@ -58,7 +58,7 @@ def test_default_is_the_papers_tiny_model():
            for s in model.decoder.stages]
     assert dec[1] == pytest.approx(block_rates[4:6]) and dec[3] == pytest.approx(block_rates[0:2])
     assert dec[0] == []  # official layers_up.0 is a bare PatchExpand
-    assert model.decoder.head.bias is None and model.decoder.head.weight.shape == (9, 96, 1, 1)
+    assert model.decoder.seg_layers[0].bias is None and model.decoder.seg_layers[0].weight.shape == (9, 96, 1, 1)
 
 
 @pytest.mark.parametrize("num_skips, removed", [(3, 0), (2, 295_296), (1, 295_296 + 73_920),
@@ -93,7 +93,7 @@ def test_deep_supervision_outputs_and_runtime_switch():
     outs = model(x)
     assert [o.shape for o in outs] == [(2, 4, 96, 128), (2, 4, 24, 32), (2, 4, 12, 16), (2, 4, 6, 8)]
     sum(o.mean() for o in outs).backward()
-    assert all(p.grad is not None for p in model.decoder.aux_heads.parameters())
+    assert all(p.grad is not None for p in model.decoder.seg_layers.parameters())
     model.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
     model.eval()
     with torch.no_grad():

@@ -23,7 +23,7 @@ from nnunet_swin import SwinUnet
 from nnunet_swin.weights import LoadReport, WeightLoadError, load_official_checkpoint, load_pretrained_encoder
 
 BUFFERS = ("relative_position_index", "attn_mask")
-AUX_HEADS = ["decoder.aux_heads.0.weight", "decoder.aux_heads.1.weight", "decoder.aux_heads.2.weight"]
+AUX_HEADS = ["decoder.seg_layers.1.weight", "decoder.seg_layers.2.weight", "decoder.seg_layers.3.weight"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -335,7 +335,7 @@ def test_imagenet_encoder_features_and_report(swin_t, sources, layout):
     expected_random = {k for k in state if k.startswith("decoder.") and k not in decoder_blocks}
     assert random == expected_random
     assert any(".fuse." in k for k in random) and any(".upsample." in k for k in random)
-    assert {"decoder.final_expand.expand.weight", "decoder.head.weight", *AUX_HEADS} <= random
+    assert {"decoder.final_expand.expand.weight", "decoder.seg_layers.0.weight", *AUX_HEADS} <= random
     for k in random:
         assert torch.equal(state[k], before[k]), k
 

@@ -3,18 +3,26 @@ class attributes.
 
 What this adds to nnU-Net's ``nnUNetTrainer``:
 
-* Patch size: the plan's 2D patch is rounded up, per axis, to a multiple of 32 (4 x 2^3, what the
-  network takes) inside ``__init__`` *before* nnU-Net deep-copies the plans, so ``plans.json`` in the
-  results folder, the final validation, ``nnUNetv2_predict``, ensembling and export all see the same size.
+* Patch size: the plan's 2D patch is rounded up, per axis, to the network's multiple (patch embedding x
+  2^3: 32 by default, 64 with ``network_options={"patch_size": 8}``) in the plans dict inside ``__init__``,
+  *before* ``nnUNetTrainer.__init__`` builds its ConfigurationManager (``PlansManager`` keeps the dict
+  itself, but ``get_configuration`` deep-copies the configuration and caches it). ``plans.json`` in the
+  results folder (written from that same dict), the final validation, ``nnUNetv2_predict``, ensembling
+  and export all see the same size.
 * The network is built from class attributes in ``build_network_architecture`` (a classmethod with
   nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class name alone).
 * Deep supervision at the network's own scales (1, 1/4, 1/8, 1/16) with nnU-Net's loss weighting, or
-  off (``deep_supervision = False``) with ``set_deep_supervision_enabled`` turned into a no-op.
+  off (``deep_supervision = False``) with ``set_deep_supervision_enabled`` turned into a no-op. Output
+  heads whose loss weight is 0 (all auxiliary heads with DS off, the 1/16 head with DS on) are frozen
+  (``requires_grad=False``): they exist for strict checkpoint loading but take no part in training, so
+  DDP as nnU-Net wraps it (no ``find_unused_parameters``) finds no unused parameter.
 * A transformer recipe: AdamW (lr 3e-4, wd 5e-2 except norms, biases and position tables), linear
   warm-up over the first 5 % of epochs (Primus: 50 of 1000), poly decay, gradient clipping at 1.
   ``recipe = "sgd"`` gives the paper's SGD (lr 0.05, momentum 0.9, wd 1e-4, poly 0.9).
-* Mixed precision: bf16 autocast on CUDA GPUs that support it, fp32 otherwise; never fp16 with a
-  GradScaler (fp16 overflows in Swin attention).
+* Mixed precision: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0+), also made the
+  process's CUDA autocast dtype so nnU-Net's validation and predictor use it; fp32 everywhere else.
+  Never fp16 with a GradScaler (fp16 overflows in Swin attention); where nnU-Net's own code still
+  autocasts to fp16, ``SwinUnet.forward`` switches autocast off and computes in fp32.
 * Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
   explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
 * 3D configurations are refused with an error naming the configurations that work.
@@ -34,14 +42,15 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.optim.lr_scheduler import _LRScheduler
 
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_swin.network import SwinUnet
+from nnunet_swin.network import NUM_STAGES, SwinUnet
 
-#: The network's input sides must be multiples of this (patch embedding 4 x three 2x merges).
-SIZE_MULTIPLE = 32
+#: The default network's input sides must be multiples of this (patch embedding 4 x three 2x merges).
+SIZE_MULTIPLE = 4 * 2 ** (NUM_STAGES - 1)
 #: Deep-supervision output scales of SwinUnet relative to the patch, highest resolution first.
 DS_SCALES = (1.0, 1 / 4, 1 / 8, 1 / 16)
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
@@ -115,12 +124,16 @@ def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim <= 1 or "relative_position_bias_table" in name or name.endswith(".bias")
 
 
+def native_bf16() -> bool:
+    """Whether the CUDA GPU computes bf16 natively (compute capability 8.0+). torch's default
+    ``is_bf16_supported()`` also says True for emulated bf16 (V100, T4), which is slower than fp32."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def _prefer_bf16_autocast() -> torch.dtype | None:
-    """On CUDA with bf16 support make bf16 the autocast dtype of this process (nnU-Net's own
-    validation and its predictor call ``autocast('cuda')`` without a dtype) and return it; else None."""
-    if not torch.cuda.is_available():
-        return None
-    if not torch.cuda.is_bf16_supported():
+    """With native bf16 make bf16 the CUDA autocast dtype of this process (nnU-Net's own validation and
+    its predictor call ``autocast('cuda')`` without a dtype) and return it; else None (fp32)."""
+    if not native_bf16():
         return None
     torch.set_autocast_dtype("cuda", torch.bfloat16)
     return torch.bfloat16
@@ -148,7 +161,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------------
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        # Must happen before nnUNetTrainer.__init__ deep-copies the plans into its PlansManager.
+        # Must happen before nnUNetTrainer.__init__ builds (deep-copies and caches) its ConfigurationManager.
         patch_note = self._adapt_plans_for_swin(plans, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.print_to_log_file(patch_note)
@@ -164,7 +177,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         else:
             raise ValueError(f"recipe must be 'adamw' or 'sgd', got {self.recipe!r}")
         self.enable_deep_supervision = bool(self.deep_supervision)
-        # Never fp16 + GradScaler for Swin: bf16 autocast where the GPU has it, fp32 otherwise.
+        # Never fp16 + GradScaler for Swin: bf16 autocast where the GPU has it natively, fp32 otherwise.
         self.grad_scaler = None
         self.autocast_dtype = _prefer_bf16_autocast() if self.device.type == "cuda" else None
         self._nonfinite_total = 0
@@ -174,21 +187,27 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
 
     # --- plans ---------------------------------------------------------------------------------------
     @classmethod
+    def size_multiple(cls) -> int:
+        """What every patch side must be a multiple of for this trainer's network (patch embedding x 2^3)."""
+        return int(cls.network_kwargs().get("patch_size", 4)) * 2 ** (NUM_STAGES - 1)
+
+    @classmethod
     def _adapt_plans_for_swin(cls, plans: dict, configuration: str) -> str:
-        """Round the configuration's patch to multiples of 32 in the plans dict itself; return a log line."""
+        """Round the configuration's patch to the network's multiple in the plans dict itself; return a log line."""
         if configuration not in plans.get("configurations", {}):
             return f"Swin-Unet: configuration {configuration!r} not in plans; nnU-Net will complain."
         patch = PlansManager(plans).get_configuration(configuration).patch_size
         if len(patch) != 2:
             raise _unsupported(configuration, plans, len(patch))
-        new = round_patch_size(patch)
+        multiple = cls.size_multiple()
+        new = round_patch_size(patch, multiple)
         if list(new) == [int(s) for s in patch]:
-            return (f"Swin-Unet: planned patch size {list(patch)} is already a multiple of {SIZE_MULTIPLE} "
+            return (f"Swin-Unet: planned patch size {list(patch)} is already a multiple of {multiple} "
                     f"per axis; kept.")
         plans["configurations"][configuration]["patch_size"] = new
         return (f"Swin-Unet: patch size changed from the planned {list(patch)} to {new}: the network needs "
-                f"both sides divisible by {SIZE_MULTIPLE} (patch embedding 4 x three 2x patch mergings); rounded "
-                f"up so no context is lost. Written to the plans, so plans.json, validation and "
+                f"both sides divisible by {multiple} (patch embedding {multiple // 8} x three 2x patch mergings); "
+                f"rounded up so no context is lost. Written to the plans, so plans.json, validation and "
                 f"nnUNetv2_predict use {new}. Preprocessed data is unchanged (nnU-Net pads images smaller than "
                 f"the patch).")
 
@@ -208,20 +227,29 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         patch = list(configuration_manager.patch_size)
         if len(patch) != 2:
             raise _unsupported(f"with patch {patch}", None, len(patch))
-        kwargs = cls.network_kwargs()
-        patch_embed = kwargs.get("patch_size", 4)
-        multiple = patch_embed * 8
+        multiple = cls.size_multiple()
         if any(s % multiple for s in patch):
             raise ValueError(f"{cls.__name__}: patch size {patch} is not divisible by {multiple}; these plans were "
                              f"not written by a Swin-Unet trainer (which rounds it up to {round_patch_size(patch, multiple)}).")
-        if cls._uses_autocast_bf16():
-            _prefer_bf16_autocast()
-        return SwinUnet(num_input_channels, num_output_channels,
-                        deep_supervision=bool(enable_deep_supervision and cls.deep_supervision), **kwargs)
+        _prefer_bf16_autocast()
+        deep_supervision = bool(enable_deep_supervision and cls.deep_supervision)
+        net = SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
+                       **cls.network_kwargs())
+        # A head whose output the loss ignores gets no gradient; frozen, DDP does not wait for one.
+        weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (len(DS_SCALES) - 1)
+        for head, weight in zip(net.decoder.seg_layers, weights, strict=True):
+            head.requires_grad_(weight != 0)
+        return net
 
     @staticmethod
-    def _uses_autocast_bf16() -> bool:
-        return torch.cuda.is_available()
+    def deep_supervision_weights() -> tuple[float, ...]:
+        """Loss weight of each deep-supervision output (highest resolution first): nnU-Net's 1/2^i with the
+        coarsest set to 0, normalised. nnU-Net itself uses 1e-6 instead of 0 under DDP without compile
+        (only to keep that head in DDP's graph); here the 1/16 head is frozen instead, so 1 and N GPUs,
+        compiled or not, optimise the same loss."""
+        weights = [1 / 2**i for i in range(len(DS_SCALES))]
+        weights[-1] = 0.0
+        return tuple(w / sum(weights) for w in weights)
 
     def _unwrapped_network(self) -> nn.Module:
         mod = self.network.module if self.is_ddp else self.network
@@ -248,6 +276,12 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         dims = len(self.configuration_manager.patch_size)
         return [[s] * dims for s in DS_SCALES]
 
+    def _build_loss(self):
+        loss = super()._build_loss()
+        if isinstance(loss, DeepSupervisionWrapper):  # the weights the frozen heads were chosen by
+            loss.weight_factors = self.deep_supervision_weights()
+        return loss
+
     def set_deep_supervision_enabled(self, enabled: bool):
         # nnU-Net calls this with True after validation whatever the trainer wants: with DS off it is a no-op.
         if not self.enable_deep_supervision:
@@ -256,7 +290,9 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
 
     # --- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self):
-        named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+        # Frozen output heads stay in the groups (they never get a gradient, so never change): the groups
+        # keep their size and order, and optimizer states of checkpoints from before the freezing load (--c).
+        named = list(self.network.named_parameters())
         decay = [p for n, p in named if not _no_weight_decay(n, p)]
         no_decay = [p for n, p in named if _no_weight_decay(n, p)]
         if self.recipe == "sgd":

@@ -128,3 +128,74 @@ def test_cli_ext_trainer_dir_and_doctor():
     for section in ("[versions]", "[paths]", "[registration]", "[device]", "nnunetv2", "nnUNet_results"):
         assert section in proc.stdout
     assert "registration: OK" in proc.stdout
+
+
+# --- nnunet-swin doctor in each set-up, each in its own bare virtual environment --------------------
+def _bare_venv(tmp_path: Path, *path_entries: str) -> tuple[Path, Path]:
+    """A new venv without this environment's .pth files; ``path_entries`` (plain sys.path lines, whose own
+    .pth files do not run) give it torch and nnU-Net. Returns (python, site-packages)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "deps.pth").write_text("\n".join(path_entries) + "\n")
+    return python, Path(purelib)
+
+
+def _doctor(python: Path, cwd: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-m", "nnunet_swin.cli", "doctor"], env=_clean_env(**env), cwd=str(cwd),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_editable_install_registers_and_doctor_says_so(tmp_path):
+    """pip install -e . = setuptools' PEP 660 build_editable + installing that wheel: the wheel carries the
+    hook, naming the source tree's trainer directory, and a new shell finds the trainers."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
+                                                             "__pycache__", "tests", "*.pth"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_editable({str(dist)!r})"],
+                   cwd=str(src), check=True, capture_output=True)
+    wheel = next(dist.glob("*.whl"))
+    line = zipfile.ZipFile(wheel).read(PTH_NAME).decode()
+    assert repr(str(src / "nnunet_swin" / "ext_trainers")) in line
+    python, purelib = _bare_venv(tmp_path, *site.getsitepackages())
+    zipfile.ZipFile(wheel).extractall(purelib)  # what pip does with a pure wheel (less RECORD/INSTALLER)
+    proc = _doctor(python, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"imported from {src / 'nnunet_swin'}" in proc.stdout
+    assert "registration: OK: the .pth hook registers the trainers in every new Python process" in proc.stdout
+
+
+def test_doctor_after_its_own_fix_without_the_hook(tmp_path):
+    """The source tree importable but no .pth hook, and the user followed the doctor's fix (exported
+    nnUNet_extTrainer): OK for this shell, and it says new shells need the export too."""
+    python, _ = _bare_venv(tmp_path, *site.getsitepackages(), str(REPO))
+    directory = subprocess.run([str(python), "-m", "nnunet_swin.cli", "ext-trainer-dir"], env=_clean_env(),
+                               cwd=str(tmp_path), capture_output=True, text=True, check=True).stdout.strip()
+    assert directory == str(REPO / "nnunet_swin" / "ext_trainers")
+    proc = _doctor(python, tmp_path, **{ENV_VAR: directory})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "registration: OK in this shell" in proc.stdout and "~/.bashrc" in proc.stdout
+    assert "a new shell finds it with no set-up                          False" in proc.stdout
+
+
+@pytest.mark.parametrize("here, new_shell, verdict, code", [
+    (True, True, "OK: the .pth hook", 0),
+    (True, False, "OK in this shell", 0),
+    (False, True, "NOT WORKING in this shell, although a new shell would work", 1),
+    (False, False, "NOT WORKING: nnU-Net does not find the trainers", 1),
+])
+def test_doctor_verdicts(monkeypatch, capsys, here, new_shell, verdict, code):
+    """Each combination of the two fresh-process lookups (this shell's environment, and a new shell's:
+    our directory removed from nnUNet_extTrainer) gives its own verdict and exit code."""
+    from nnunet_swin import registration
+
+    monkeypatch.setenv(ENV_VAR, "/mine" + os.pathsep + ext_trainer_dir())
+    monkeypatch.setattr(registration, "lookup_in_subprocess",
+                        lambda env, *a, **k: (here, "x") if ext_trainer_dir() in env.get(ENV_VAR, "") else (new_shell, "y"))
+    assert registration.doctor() == code
+    out = capsys.readouterr().out
+    assert f"registration: {verdict}" in out
+    assert ("fix" in out.split("[device]")[0]) == (code == 1)

@@ -36,7 +36,20 @@ def test_round_patch_size_never_smaller():
     assert round_patch_size([33, 1]) == [64, 32]
 
 
-def test_plans_edited_before_nnunet_copies_them():
+def test_nnunet_keeps_the_plans_dict_but_copies_the_configuration():
+    """What the docstrings say: PlansManager keeps the dict itself (plans.json is written from it), while
+    get_configuration deep-copies the configuration and caches it, so the patch must be edited first."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = _plans()
+    pm = PlansManager(plans)
+    assert pm.plans is plans
+    cm = pm.get_configuration("2d")
+    plans["configurations"]["2d"]["patch_size"] = [128, 96]
+    assert list(cm.patch_size) == [112, 80] and pm.get_configuration("2d") is cm
+
+
+def test_plans_edited_before_nnunet_reads_the_configuration():
     plans = _plans()
     note = AbstractSwinUnetTrainer._adapt_plans_for_swin(plans, "2d")
     assert plans["configurations"]["2d"]["patch_size"] == [128, 96]
@@ -192,3 +205,113 @@ def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(plan
     ours = tr.network.state_dict()
     key = next(k for k in ours if k.startswith("encoder.") and k.endswith("1.blocks.0.attn.qkv.weight"))
     assert torch.equal(ours[key], ref.layers[1].blocks[0].attn.qkv.weight.detach())
+
+
+# --- patch multiple of the trainer's own network ----------------------------------------------------
+class _Patch8(nnUNetTrainerSwinUnet):
+    network_options = {**TINY, "patch_size": 8}
+
+
+def test_patch_rounded_to_the_networks_own_multiple():
+    plans = _plans()
+    note = _Patch8._adapt_plans_for_swin(plans, "2d")
+    assert plans["configurations"]["2d"]["patch_size"] == [128, 128]  # 112 x 80 -> multiples of 8 x 2^3 = 64
+    assert "divisible by 64" in note and "patch embedding 8" in note
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    net = _Patch8.build_network_architecture(PlansManager(plans), PlansManager(plans).get_configuration("2d"), 1, 2,
+                                             False)
+    with torch.no_grad():
+        assert net.eval()(torch.zeros(1, 1, 128, 128)).shape == (1, 2, 128, 128)
+    assert nnUNetTrainerSwinUnet.size_multiple() == 32 and _Patch8.size_multiple() == 64
+
+
+# --- precision ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gpu, expected", [
+    (None, None),  # no CUDA
+    ("V100", None),  # capability 7.0: bf16 only emulated (torch's default is_bf16_supported() says True)
+    ("A100", torch.bfloat16),  # capability 8.0: native
+])
+def test_bf16_only_where_the_gpu_has_it_natively(monkeypatch, gpu, expected):
+    from nnunet_swin.trainers import base
+
+    native = gpu == "A100"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: gpu is not None and (native or including_emulation))
+    calls = []
+    monkeypatch.setattr(torch, "set_autocast_dtype", lambda device, dtype: calls.append((device, dtype)))
+    assert base._prefer_bf16_autocast() is expected
+    assert base.native_bf16() is native
+    # bf16 becomes the process's CUDA autocast dtype (nnU-Net's validation and predictor use it) only then
+    assert calls == ([("cuda", torch.bfloat16)] if native else [])
+    pm, cm = _fake_cm((64, 64))
+    calls.clear()
+    type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY}).build_network_architecture(pm, cm, 1, 2, False)
+    assert calls == ([("cuda", torch.bfloat16)] if native else [])  # nnUNetv2_predict builds through here
+
+
+# --- deep-supervision loss weights and frozen heads --------------------------------------------------
+@pytest.fixture
+def results_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("is_ddp", [False, True])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_ds_loss_weights_do_not_depend_on_ddp_or_compile(results_env, is_ddp, compiled):
+    """nnU-Net gives the 1/16 output weight 1e-6 under DDP without compile and 0 otherwise; ours is 0
+    everywhere and its head is frozen, so no configuration has an unused trainable parameter."""
+    from trainer_test_helpers import dataset_json, small_plans
+
+    from nnunet_swin.trainers import nnUNetTrainerSwinUnet_DS
+
+    tiny = {"network_options": TINY}
+    tr = type("DS", (nnUNetTrainerSwinUnet_DS,), tiny)(small_plans(), "2d", 0, dataset_json(2), torch.device("cpu"))
+    tr.is_ddp = is_ddp
+    tr._do_i_compile = lambda: compiled
+    assert tr._build_loss().weight_factors == pytest.approx((4 / 7, 2 / 7, 1 / 7, 0.0), abs=0)
+    net = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 3, True)
+    assert [h.weight.requires_grad for h in net.decoder.seg_layers] == [True, True, True, False]
+    no_ds = type("NoDS", (nnUNetTrainerSwinUnet,), tiny)
+    net = no_ds.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 3, True)
+    assert [h.weight.requires_grad for h in net.decoder.seg_layers] == [True, False, False, False]
+
+
+# --- fine-tuning with nnU-Net's -pretrained_weights ---------------------------------------------------
+def _checkpoint(tmp_path, net, name: str, rename=None) -> str:
+    sd = {(rename or {}).get(k, k): v.clone() for k, v in net.state_dict().items()}
+    path = str(tmp_path / name)
+    torch.save({"network_weights": sd}, path)  # the part of an nnU-Net checkpoint the loader reads
+    return path
+
+
+OLD_HEAD_NAMES = {"decoder.seg_layers.0.weight": "decoder.head.weight",
+                  **{f"decoder.seg_layers.{i}.weight": f"decoder.aux_heads.{i - 1}.weight" for i in (1, 2, 3)}}
+
+
+@pytest.mark.parametrize("old_names", [False, True], ids=["current", "old_head_names"])
+def test_pretrained_weights_between_label_sets(tmp_path, old_names):
+    """nnUNetv2_train -pretrained_weights: nnU-Net's loader skips '.seg_layers.' keys, so a model trained on
+    2 foreground labels initialises one for 4; checkpoints with the older head names load the same way."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    trainer = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY})
+    pm, cm = _fake_cm((64, 64))
+    torch.manual_seed(0)
+    source = trainer.build_network_architecture(pm, cm, 1, 3, True)
+    path = _checkpoint(tmp_path, source, "source.pth", OLD_HEAD_NAMES if old_names else None)
+    torch.manual_seed(1)
+    target = trainer.build_network_architecture(pm, cm, 1, 5, True)
+    heads_before = {k: v.clone() for k, v in target.state_dict().items() if ".seg_layers." in k}
+    load_pretrained_weights(target, path)
+    src, tgt = source.state_dict(), target.state_dict()
+    body = [k for k in tgt if ".seg_layers." not in k]
+    assert body and all(torch.equal(src[k], tgt[k]) for k in body)
+    assert len(heads_before) == 4 and all(torch.equal(v, tgt[k]) for k, v in heads_before.items())  # kept
+    # same labels: nnUNetv2_predict's strict load_state_dict of an old results folder
+    same = trainer.build_network_architecture(pm, cm, 1, 3, False)
+    same.load_state_dict(torch.load(path, weights_only=True)["network_weights"])
+    assert torch.equal(same.decoder.seg_layers[0].weight, source.decoder.seg_layers[0].weight)

@@ -16,6 +16,23 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DATASET_ID = 990  # planned patch 112 x 80 (the issue's example), 10 training + 3 held-out cases
+#: A network small enough for in-process tests of every trainer (Swin-Unet's four stages, 1 block each).
+TINY_NETWORK = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
+
+
+def small_plans(patch=(64, 64), dataset_name: str = "Dataset991_Small") -> dict:
+    """A minimal 2d plans dict a trainer can be constructed from (no preprocessed data needed)."""
+    arch = {"network_class_name": "unused", "arch_kwargs": {"strides": [[1, 1], [2, 2]]}, "_kw_requires_import": []}
+    config = {"data_identifier": "nnUNetPlans_2d", "patch_size": list(patch), "batch_size": 2, "batch_dice": True,
+              "spacing": [1.0, 1.0], "architecture": arch}
+    return {"dataset_name": dataset_name, "plans_name": "nnUNetPlans", "configurations": {"2d": config},
+            "continue_training": False}
+
+
+def dataset_json(num_labels: int) -> dict:
+    """dataset.json with background plus ``num_labels`` foreground labels."""
+    labels = {"background": 0, **{f"l{i}": i for i in range(1, num_labels + 1)}}
+    return {"labels": labels, "channel_names": {"0": "x"}, "numTraining": 1, "file_ending": ".png"}
 
 
 def nnunet_bin(name: str) -> str:
