@@ -16,7 +16,9 @@ The module imports torch and timm layers only (never nnU-Net), so it can be used
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ __all__ = ["SwinUnet", "UPSAMPLING_MODES", "nearest_valid_sizes"]
 UPSAMPLING_MODES = ("patch_expand", "bilinear", "transposed_conv")
 SHIFT_MASK_VALUE = -100.0  # the official value: finite, so fp16-safe, and what the checkpoints were trained with
 NUM_STAGES = 4  # Swin-Unet is built for four stages: three skips at 1/4, 1/8, 1/16 and a 1/32 bottleneck
+GEOMETRY_CACHE_BYTES = 256 * 2**20  # stage geometries kept (LRU) beyond the 8 one image size needs at most
 
 
 def _is_compiling() -> bool:
@@ -45,13 +48,15 @@ class _RecomputedLinear(torch.autograd.Function):
         ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
         device = x.device.type  # backward runs outside autocast: recompute fn under the forward's autocast state
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
-        ctx.save_for_backward(x, weight, *fn_params)
+        ctx.save_for_backward(x, weight, bias, *fn_params)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, *params = ctx.saved_tensors
+        x, weight, bias, *params = ctx.saved_tensors
         device, dtype, enabled = ctx.autocast
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula so double backward is right
+            return _RecomputedLinear._differentiable_backward(ctx, grad_out, x, weight, bias, params)
         with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
             y = ctx.fn(*leaves)
@@ -62,6 +67,19 @@ class _RecomputedLinear(torch.autograd.Function):
         grad_y = (g @ weight.to(dt)).view(y.shape).to(y.dtype)
         grads = torch.autograd.grad(y, leaves, grad_y)
         return grads[0], grad_w, grad_b, None, *grads[1:]
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out, x, weight, bias, params):
+        """Backward as a graph of the saved inputs (``create_graph=True``): ``linear(fn(x))`` is recomputed
+        with autograd recording, so gradients of these gradients (double backward) are exact."""
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            out = F.linear(ctx.fn(x, *params), weight, bias)
+        inputs = [x, weight, bias, *params]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        result = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return result[0], result[1], result[2], None, *result[3:]
 
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -113,37 +131,36 @@ def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor
     return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
 
 
-def _band_labels(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Region label of every position along one axis of the rolled, padded map.
-
-    After the cyclic roll the last ``shift`` real positions are the wrapped-around ones (region 1);
-    everything before is region 0; bottom/right padding is region 2. This equals the official
-    three-band labelling [0, H-M), [H-M, H-s), [H-s, H) wherever that one is defined, because its
-    first two bands never share a window when H is a multiple of M.
-    """
+def _band_labels(padded: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Shift region of every position along one axis of the padded, rolled map: the official three
+    bands [0, P-M), [P-M, P-s), [P-s, P) of the padded length P, or all 0 without a shift."""
     pos = torch.arange(padded, device=device)
-    labels = torch.zeros(padded, dtype=torch.long, device=device)
-    if shift:
-        labels = labels + (pos >= size - shift).long()
-    return torch.where(pos >= size, torch.full_like(labels, 2), labels)
+    if not shift:
+        return torch.zeros_like(pos)
+    return (pos >= padded - window).long() + (pos >= padded - shift).long()
+
+
+def _is_padding(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Whether each position along one axis of the padded map rolled by ``-shift`` is bottom/right padding."""
+    return (torch.arange(padded, device=device) + shift) % padded >= size
 
 
 def attention_mask(
     h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Additive (nW, N, N) mask for a rolled and padded stage, or None when no token needs masking.
+    """Additive (nW, N, N) mask for a padded-then-rolled stage, or None when no token needs masking.
 
-    Pairs in different shift regions get -100 (the official value). Padding keys get -inf for real
-    queries, so padding cannot change a real token; a padding query may attend to other padding,
-    which keeps every softmax row finite (padding outputs are cropped away).
+    The map is padded bottom/right to whole windows first and the cyclic shift is taken on the
+    padded map (the order of Swin's detection/segmentation code and timm), so a shifted window never
+    splits a band. Pairs in different shift regions get -100 (the official value). Padding keys get
+    -inf for real queries, so padding cannot change a real token; a padding query may attend to other
+    padding, which keeps every softmax row finite (padding outputs are cropped away).
     """
     hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
     if not (sh or sw or hp != h or wp != w):
         return None
-    rows = _band_labels(h, hp, sh, device)
-    cols = _band_labels(w, wp, sw, device)
-    pad = ((rows == 2)[:, None] | (cols == 2)[None, :]).float()
-    region = (rows[:, None] * 3 + cols[None, :]).float()
+    pad = (_is_padding(h, hp, sh, device)[:, None] | _is_padding(w, wp, sw, device)[None, :]).float()
+    region = (_band_labels(hp, wh, sh, device)[:, None] * 3 + _band_labels(wp, ww, sw, device)[None, :]).float()
     both = torch.stack([region, pad], -1)[None]  # 1, Hp, Wp, 2
     win = window_partition(both, wh, ww)[0]  # nW, N, 2
     region, pad = win[..., 0], win[..., 1]
@@ -155,17 +172,17 @@ def attention_mask(
 
 def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token gathers that replace roll + pad + window partition and their inverse.
+    """Token gathers that replace pad + roll + window partition and their inverse.
 
     ``order[k]`` is the flat source index (into the h*w tokens, or ``h*w`` for a padding token) of the
-    k-th token in window order of the map rolled by (-sh, -sw) and padded bottom/right;
+    k-th token in window order of the map padded bottom/right and then rolled by (-sh, -sw);
     ``inverse[p]`` is where source token p sits in that order. One ``index_select`` each way costs one
-    copy instead of the roll, pad, partition, reverse, crop and roll-back copies.
+    copy instead of the pad, roll, partition, reverse, roll-back and crop copies.
     """
     hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-    rows = torch.arange(hp, device=device)
-    cols = torch.arange(wp, device=device)
-    src = ((rows + sh) % h)[:, None] * w + ((cols + sw) % w)[None, :]
+    rows = (torch.arange(hp, device=device) + sh) % hp  # padded-map row read at each rolled row
+    cols = (torch.arange(wp, device=device) + sw) % wp
+    src = rows[:, None] * w + cols[None, :]
     src = torch.where((rows[:, None] >= h) | (cols[None, :] >= w), torch.full_like(src, h * w), src)
     order = window_partition(src[None, :, :, None], wh, ww).reshape(-1)
     real = order < h * w
@@ -174,12 +191,65 @@ def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: tor
     return order, inverse
 
 
+class StageGeometry(NamedTuple):
+    """What a Swin block needs to attend in windows at one stage size: window shape, the token gathers
+    (``window_order``), the bias-table index (``relative_position_index``) and the mask (``attention_mask``)."""
+
+    wh: int
+    ww: int
+    order: torch.Tensor
+    inverse: torch.Tensor
+    index: torch.Tensor
+    mask: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (self.order, self.inverse, self.index, self.mask) if t is not None)
+
+
+def build_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
+    wh, sh = window_geometry(h, window, shifted)
+    ww, sw = window_geometry(w, window, shifted)
+    order, inverse = window_order(h, w, wh, ww, sh, sw, device)
+    index = relative_position_index(wh, ww, window).to(device)
+    return StageGeometry(wh, ww, order, inverse, index, attention_mask(h, w, wh, ww, sh, sw, device))
+
+
+_GEOMETRY_CACHE: OrderedDict[tuple, StageGeometry] = OrderedDict()
+
+
+def stage_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
+    """``build_geometry``, shared by every block with the same (size, window, shift, device) through one
+    LRU cache bounded to ``GEOMETRY_CACHE_BYTES`` (but never fewer than the 8 entries of one image size),
+    so predicting images of many sizes does not grow memory.
+
+    Entries are built with inference mode and autograd off: a size first met under
+    ``torch.inference_mode()`` must still serve later training (inference tensors cannot be saved for
+    backward). Under torch.compile the geometry is built in-graph from the static sizes instead (no
+    Python state is read or mutated there).
+    """
+    if _is_compiling():
+        return build_geometry(h, w, window, shifted, device)
+    key = (h, w, window, shifted, str(device))
+    geometry = _GEOMETRY_CACHE.get(key)
+    if geometry is None:
+        with torch.inference_mode(False), torch.no_grad():
+            geometry = build_geometry(h, w, window, shifted, device)
+        _GEOMETRY_CACHE[key] = geometry
+        held = sum(g.nbytes for g in _GEOMETRY_CACHE.values())
+        while len(_GEOMETRY_CACHE) > 2 * NUM_STAGES and held > GEOMETRY_CACHE_BYTES:
+            held -= _GEOMETRY_CACHE.popitem(last=False)[1].nbytes
+    else:
+        _GEOMETRY_CACHE.move_to_end(key)
+    return geometry
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
     ``fused`` chooses torch's scaled_dot_product_attention (bias and mask folded into one additive
     mask that is broadcast over the batch, never copied per image) or the explicit formula; both
-    compute the same thing. The explicit path takes its softmax in float32 so that fp16 cannot overflow.
+    compute the same thing. The explicit path takes its softmax in float32 (float64 for float64 inputs) so that fp16 cannot overflow.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, fused: bool = True):
@@ -199,15 +269,9 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def window_index(self, wh: int, ww: int) -> torch.Tensor:
-        """Bias-table index for a wh x ww window (the buffer for the full window, else the clamped one)."""
-        if (wh, ww) == (self.window_size, self.window_size):
-            return self.relative_position_index
-        return relative_position_index(wh, ww, self.window_size).to(self.relative_position_index.device)
-
     def forward(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
                 norm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) from ``window_index``;
+        """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) bias-table index from the stage geometry;
         mask: (nW, N, N) or None. Returns (B, nW, N, C)."""
         b, nw, n, c = x.shape
         heads = self.num_heads
@@ -223,10 +287,11 @@ class WindowAttention(nn.Module):
                 additive = (bias[None] + mask[:, None]).reshape(nw * heads, n, n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive.to(q.dtype), scale=self.scale)
         else:
-            with torch.autocast(x.device.type, enabled=False):  # logits and softmax in float32
-                logits = (q.float() * self.scale) @ k.float().transpose(-2, -1) + bias.float()
+            dtype = torch.promote_types(q.dtype, torch.float32)  # at least float32; float64 stays float64
+            with torch.autocast(x.device.type, enabled=False):
+                logits = (q.to(dtype) * self.scale) @ k.to(dtype).transpose(-2, -1) + bias.to(dtype)
                 if mask is not None:
-                    logits = logits + mask[:, None]
+                    logits = logits + mask[:, None].to(dtype)
                 attn = logits.softmax(-1)
             out = attn.to(v.dtype) @ v
         out = out.view(b, nw, heads, n, self.head_dim).transpose(2, 3).reshape(b, nw, n, c)
@@ -268,22 +333,6 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self._cache: dict[tuple, tuple] = {}
-
-    def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
-        """Window shape, token orders, bias index and mask for an h x w stage; cached per size in eager
-        mode, built in-graph from static sizes under torch.compile (no Python state mutated there)."""
-        key = (h, w, device)
-        if key in self._cache and not _is_compiling():
-            return self._cache[key]
-        wh, sh = window_geometry(h, self.window_size, self.shifted)
-        ww, sw = window_geometry(w, self.window_size, self.shifted)
-        order, inverse = window_order(h, w, wh, ww, sh, sw, device)
-        mask = attention_mask(h, w, wh, ww, sh, sw, device)
-        geometry = (wh, ww, order, inverse, self.attn.window_index(wh, ww), mask)
-        if not _is_compiling():
-            self._cache[key] = geometry
-        return geometry
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         """norm1 and attention in windows: roll, pad and partition are one gather, and one gather back
@@ -291,7 +340,7 @@ class SwinBlock(nn.Module):
         padding tokens then hold norm1's bias instead of zeros, which cannot matter because they are
         masked out of every real token's attention."""
         b, h, w, c = x.shape
-        wh, ww, order, inverse, index, mask = self._geometry(h, w, x.device)
+        wh, ww, order, inverse, index, mask = stage_geometry(h, w, self.window_size, self.shifted, x.device)
         tokens = x.reshape(b, h * w, c)
         if order.numel() > h * w:  # padded windows read a zero token appended at index h * w
             tokens = F.pad(tokens, (0, 0, 0, 1))

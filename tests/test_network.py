@@ -154,6 +154,74 @@ def test_shift_mask_matches_the_official_three_bands():
     assert attention_mask(h, h, m, m, 0, 0, torch.device("cpu")) is None  # tiling and unshifted: no mask
 
 
+def test_pad_then_shift_keeps_windows_whole():
+    """A 64x64 stage at window 7 (a 256 patch): padded to 70 first, then rolled, so every real token of a
+    shifted block attends to at least 9 real keys (rolling the real 64 and padding afterwards split the
+    wrapped band: five tokens saw at most 2 keys, one only itself)."""
+    h, m, s = 64, 7, 3
+    mask = attention_mask(h, h, m, m, s, s, torch.device("cpu"))
+    order, _ = network.window_order(h, h, m, m, s, s, torch.device("cpu"))
+    real = (order < h * h).view(mask.shape[0], -1)  # nW, N: real query tokens
+    visible = (mask == 0).sum(-1)  # keys each query attends to with weight not scaled by -100 or -inf
+    assert visible[real].min() >= 9
+    assert (mask[real] == float("-inf")).any()  # padding keys stay masked out for real queries
+    assert order[:7].tolist() == list(range(3 * 64 + 3, 3 * 64 + 10))  # the first window starts at (3, 3)
+
+
+def test_geometry_is_shared_between_blocks_and_bounded(monkeypatch):
+    """One cache entry per (size, window, shift, device), used by every block with that geometry, and
+    bounded memory however many sizes are seen (predicting whole images of many sizes)."""
+    network._GEOMETRY_CACHE.clear()
+    model = SwinUnet(1, 2, **SMALL).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 1, 64, 96))
+    assert len(network._GEOMETRY_CACHE) == 8  # 4 stage sizes x (shifted, not): encoder and decoder share them
+    assert {(key[0], key[1]) for key in network._GEOMETRY_CACHE} == {(16, 24), (8, 12), (4, 6), (2, 3)}
+    limit = 2 * 2**20
+    monkeypatch.setattr(network, "GEOMETRY_CACHE_BYTES", limit)
+    for k in range(1, 41):  # 40 more stage sizes, as whole images of many sizes would bring
+        for shifted in (False, True):
+            network.stage_geometry(8 * k, 64, 7, shifted, torch.device("cpu"))
+        held = sum(g.nbytes for g in network._GEOMETRY_CACHE.values())
+        assert held <= limit or len(network._GEOMETRY_CACHE) == 8
+    assert 8 <= len(network._GEOMETRY_CACHE) < 40
+    assert (320, 64, 7, True, "cpu") in network._GEOMETRY_CACHE and (64, 64, 7, True, "cpu") not in network._GEOMETRY_CACHE
+
+
+def test_inference_mode_does_not_poison_training():
+    """Predict under inference_mode, then train at the same size (predict-then-fine-tune in one process)."""
+    model = SwinUnet(1, 2, **SMALL)
+    x = torch.randn(1, 1, 32, 224)  # a size no other test uses, so its geometry is first built below
+    with torch.inference_mode():
+        model(x)
+    model(x).mean().backward()
+    assert model.encoder.patch_embed.proj.weight.grad is not None
+
+
+def test_recomputed_linear_supports_double_backward():
+    """Second-order gradients (e.g. an input-gradient penalty) through the recomputing LayerNorm/GELU linear."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    nw = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    nb = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    norm = lambda *t: network._RecomputedLinear.apply(t[0], t[1], t[2], network._layer_norm, t[3], t[4])
+    gelu = lambda *t: network._RecomputedLinear.apply(t[0], t[1], t[2], F.gelu)
+    assert torch.autograd.gradgradcheck(norm, (x, w, b, nw, nb))
+    assert torch.autograd.gradgradcheck(gelu, (x, w, b))
+
+
+def test_explicit_attention_keeps_float64():
+    model = SwinUnet(1, 2, fused_attention=False, **SMALL).double().eval()
+    x = torch.randn(1, 1, 32, 64, dtype=torch.float64)
+    with torch.no_grad():
+        explicit = model(x)
+        model.set_fused_attention(True)
+        fused = model(x)  # SDPA computes float64 in float64
+    torch.testing.assert_close(explicit, fused, rtol=1e-12, atol=1e-12)
+
+
 def _garbage_pad(x, pad, *args, **kwargs):
     """F.pad that fills with large random values instead of zeros."""
     out = F.pad(x, pad, *args, **kwargs)
@@ -173,7 +241,7 @@ def test_padding_tokens_do_not_change_real_tokens(monkeypatch, shifted):
         # the test can fail: without the padding mask the garbage leaks into real tokens
         unmasked = lambda *a: (lambda m: m.masked_fill(m == float("-inf"), 0.0))(attention_mask(*a))
         monkeypatch.setattr(network, "attention_mask", unmasked)
-        block._cache.clear()
+        network._GEOMETRY_CACHE.clear()
         assert not torch.allclose(block(x), reference, atol=1e-3)
 
 
