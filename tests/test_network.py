@@ -120,6 +120,23 @@ def test_fused_attention_equals_explicit_formula(size):
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_sdpa_equals_explicit_window_attention(masked):
+    """The two formulas behind ``fused``: on the CPU the model takes the explicit one, so compare directly."""
+    q, k, v = (torch.randn(2, 4, 3, 49, 8, requires_grad=True) for _ in range(3))
+    bias = torch.randn(3, 49, 49, requires_grad=True)
+    mask = attention_mask(28, 28, 7, 7, 3, 3, torch.device("cpu")) if masked else None
+    additive = bias[None] if mask is None else bias + mask[:, None][:4]
+    outs, grads = [], []
+    for sdpa in (True, False):
+        out = network.window_attention(q, k, v, additive, 8**-0.5, sdpa)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_fused_attention_gradients_equal_explicit():
     model = SwinUnet(1, 3, **SMALL)
     x = torch.randn(1, 1, 64, 96)
@@ -331,9 +348,9 @@ def test_recomputed_norms_give_exact_gradients():
     model.zero_grad()
     original = (network.norm_linear, network.gelu_linear)
     try:  # plain autograd: the same functions without the custom backward
-        network.norm_linear = lambda x, norm, lin: F.linear(norm(x) if norm is not None else x,
-                                                             lin.weight.flatten(1), lin.bias)
-        network.gelu_linear = lambda x, lin: lin(F.gelu(x))
+        network.norm_linear = lambda x, norm, lin, *_: F.linear(norm(x) if norm is not None else x,
+                                                                 lin.weight.flatten(1), lin.bias)
+        network.gelu_linear = lambda x, lin, *_: lin(F.gelu(x))
         model(x).square().mean().backward()
     finally:
         network.norm_linear, network.gelu_linear = original
