@@ -190,9 +190,8 @@ def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: tor
     src = rows[:, None] * w + cols[None, :]
     src = torch.where((rows[:, None] >= h) | (cols[None, :] >= w), torch.full_like(src, h * w), src)
     order = window_partition(src[None, :, :, None], wh, ww).reshape(-1)
-    real = order < h * w
-    inverse = torch.empty(h * w, dtype=torch.long, device=device)
-    inverse[order[real]] = torch.arange(order.numel(), device=device)[real]
+    # padding (h * w) sorts last; a static-shape inverse, so torch.compile can build it in-graph
+    inverse = torch.argsort(order, stable=True)[: h * w]
     return order, inverse
 
 
