@@ -9,6 +9,7 @@
 # back when a part runs out of time. At most 7 files under $OUT.
 # Usage (repository root): bash benchmarks/gpu/compile_and_train.sh          # on the GPU machine
 #                          bash benchmarks/gpu/compile_and_train.sh --smoke  # CPU, tiny sizes: the plumbing
+# SIZES="224" (or "") limits the bench part to those sizes (none).
 # If .whl/ (wheels of nnunetv2 and its dependencies) is in the repository root, they are installed first.
 set -uo pipefail
 lim() { local left=$((DEADLINE - SECONDS - 5)); [ "$1" -lt "$left" ] && echo "$1" || echo $((left > 1 ? left : 1)); }
@@ -26,12 +27,13 @@ if [ -d "$ROOT/.whl" ]; then
 fi
 export PYTHONPATH=$ROOT:${PYTHONPATH:-}
 if [ $SMOKE = 1 ]; then
-    DEVICE=cpu; SIZES="64"; BATCH=2; BENCH_EXTRA="--compile --warmup 1 --repeats 2 --threads 2"
-    T_BENCH=300; T_SWIN=300; T_CNN=300; IMG=64; CASES=10
+    # no compile in the smoke run (minutes on 2 cores; tests/experiments/test_bench.py covers it)
+    DEVICE=cpu; SIZES=${SIZES-64}; BATCH=2; BENCH_EXTRA="--skip compile --warmup 0 --repeats 1 --threads 2"
+    T_BENCH=300; T_PLAN=600; T_SWIN=300; T_CNN=300; IMG=64; CASES=10; NP=2
     export NNUNET_SWIN_BENCH_EPOCHS=3 NNUNET_SWIN_BENCH_ITERS=3 NNUNET_SWIN_BENCH_VAL_ITERS=2
 else
-    DEVICE=cuda; SIZES="224 512"; BATCH=24; BENCH_EXTRA="--warmup 2 --repeats 5"
-    T_BENCH=110; T_SWIN=110; T_CNN=70; IMG=256; CASES=24
+    DEVICE=cuda; SIZES=${SIZES-224 512}; BATCH=24; BENCH_EXTRA="--warmup 2 --repeats 5"
+    T_BENCH=110; T_PLAN=90; T_SWIN=110; T_CNN=70; IMG=256; CASES=24; NP=8
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 date -u
@@ -50,7 +52,7 @@ cp "$ROOT/benchmarks/gpu/epoch_times.py" "$W/ext/"
 export nnUNet_raw=$W/raw nnUNet_preprocessed=$W/pre nnUNet_results=$W/res nnUNet_extTrainer=$W/ext nnUNet_n_proc_DA=4
 unset nnUNet_compile  # nnU-Net's default: compile on CUDA (nnU-Net never compiles on the CPU)
 timeout "$(lim 60)" $PY -c "from nnunet_swin.synthetic import write_synthetic_dataset as w; w('$W/raw', 997, num_train=$CASES, num_test=0, shape=($IMG, $IMG))" &&
-timeout "$(lim 90)" nnUNetv2_plan_and_preprocess -d 997 -c 2d -np 4 > "$W/plan.log" 2>&1
+timeout "$(lim $T_PLAN)" nnUNetv2_plan_and_preprocess -d 997 -c 2d -np $NP > "$W/plan.log" 2>&1
 echo "plan_and_preprocess exit code $?"; tail -n 3 "$W/plan.log"
 for TR_T in nnUNetTrainerSwinUnet_bench:$T_SWIN nnUNetTrainer_bench:$T_CNN; do
     TR=${TR_T%%:*}; echo "--- $TR (limit $(lim ${TR_T##*:}) s)"

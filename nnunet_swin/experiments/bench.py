@@ -408,14 +408,18 @@ class Target:
 
 def cpu_targets(results: list[BenchResult]) -> list[Target]:
     """Issue 10's CPU targets for the default SwinUnet's eager training step: at most 0.60x nnU-Net's CNN,
-    and at least 1.3x faster than the official-equivalent network, from this run's rows."""
-    ms = {r.name: r.train_ms_per_img for r in results}
-    swin, cnn, official = (ms.get(name, math.nan) for name in (SWIN_ROW, CNN_ROW, OFFICIAL_ROW))
-    checks = [(f"{SWIN_ROW} train step / {CNN_ROW}", swin / cnn, 0.60, False),
-              (f"{OFFICIAL_ROW} train step / {SWIN_ROW}", official / swin, 1.3, True)]
-    return [Target(what, ratio, f"{'>=' if at_least else '<='} {bound}",
-                   None if math.isnan(ratio) else (ratio >= bound if at_least else ratio <= bound))
-            for what, ratio, bound, at_least in checks]
+    and at least 1.3x faster than the official-equivalent network, from this run's rows; each on the
+    median wall time and on the median process (CPU) seconds, which other jobs on the cores disturb less."""
+    targets = []
+    for field_name, unit in (("train_ms_per_img", "wall"), ("train_cpu_s_per_step", "CPU s")):
+        t = {r.name: getattr(r, field_name) for r in results}
+        swin, cnn, official = (t.get(name, math.nan) for name in (SWIN_ROW, CNN_ROW, OFFICIAL_ROW))
+        checks = [(f"{SWIN_ROW} / {CNN_ROW} train step ({unit})", swin / cnn, 0.60, False),
+                  (f"{OFFICIAL_ROW} / {SWIN_ROW} train step ({unit})", official / swin, 1.3, True)]
+        targets += [Target(what, ratio, f"{'>=' if at_least else '<='} {bound}",
+                           None if math.isnan(ratio) else (ratio >= bound if at_least else ratio <= bound))
+                    for what, ratio, bound, at_least in checks]
+    return targets
 
 
 def format_targets(targets: list[Target]) -> str:

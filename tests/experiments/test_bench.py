@@ -52,14 +52,16 @@ def test_kernel_launches_of_a_tiny_model_counted_by_hand():
 
 
 def test_cpu_targets_met_and_not_met():
-    def row(name, ms):
-        return BenchResult(name, *([1.0] * 2), ms, *([1.0] * 8))
+    """Wall time and CPU seconds each: the SwinUnet <= 0.60x the CNN, the official >= 1.3x the SwinUnet."""
+    def row(name, ms, cpu_s):
+        return BenchResult(name, 1.0, 1.0, ms, 1.0, 1.0, cpu_s, *([1.0] * 5))
 
-    met = cpu_targets([row(CNN_ROW, 100), row(SWIN_ROW, 60), row(OFFICIAL_ROW, 78)])
-    assert [t.met for t in met] == [True, True] and met[0].value == pytest.approx(0.6)
-    missed = cpu_targets([row(CNN_ROW, 100), row(SWIN_ROW, 61), row(OFFICIAL_ROW, 79)])
-    assert [t.met for t in missed] == [False, False]
-    no_official = cpu_targets([row(CNN_ROW, 100), row(SWIN_ROW, 50)])
+    met = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 60, 6), row(OFFICIAL_ROW, 78, 7.8)])
+    assert [t.met for t in met] == [True, True, True, True] and met[0].value == pytest.approx(0.6)
+    missed = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 61, 5), row(OFFICIAL_ROW, 79, 6)])
+    assert [t.met for t in missed] == [False, False, True, False]
+    assert "(CPU s)" in missed[2].what and missed[3].value == pytest.approx(1.2)
+    no_official = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 50, 5)])
     assert no_official[1].met is None and math.isnan(no_official[1].value)
 
 
@@ -134,14 +136,14 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, capsys):
                  "--only", "1 skips", "--out", str(out), "--png"]) == 0
     printed = capsys.readouterr().out
     assert "time vs CNN" in printed and "SwinUnet 1 skips" in printed and "launches bf16" in printed
-    assert f"target: {SWIN_ROW} train step / {CNN_ROW}" in printed and "not measured (row missing)" in printed
+    assert f"target: {SWIN_ROW} / {CNN_ROW} train step (wall)" in printed and "not measured (row missing)" in printed
     rows = list(csv.DictReader(open(f"{out}.csv")))
     assert [r["name"] for r in rows] == ["nnU-Net PlainConvUNet (DS)", "SwinUnet 1 skips"]
     assert float(rows[1]["launches_fp32"]) > 100 and rows[1]["compile_s"] == "nan"
     saved = json.load(open(f"{out}.json"))
     meta = saved["meta"]
     assert meta["patch"] == [64, 64] and meta["device"] == "cpu"
-    assert [t["met"] for t in saved["targets"]] == [None, None]
+    assert [t["met"] for t in saved["targets"]] == [None] * 4
     assert (tmp_path / "bench.png").stat().st_size > 1000
     umask = os.umask(0)
     os.umask(umask)
