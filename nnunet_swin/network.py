@@ -16,7 +16,9 @@ The module imports torch and timm layers only (never nnU-Net), so it can be used
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ __all__ = ["SwinUnet", "UPSAMPLING_MODES", "nearest_valid_sizes"]
 UPSAMPLING_MODES = ("patch_expand", "bilinear", "transposed_conv")
 SHIFT_MASK_VALUE = -100.0  # the official value: finite, so fp16-safe, and what the checkpoints were trained with
 NUM_STAGES = 4  # Swin-Unet is built for four stages: three skips at 1/4, 1/8, 1/16 and a 1/32 bottleneck
+GEOMETRY_CACHE_BYTES = 256 * 2**20  # stage geometries kept (LRU) beyond the 8 one image size needs at most
 
 
 def _is_compiling() -> bool:
@@ -45,13 +48,15 @@ class _RecomputedLinear(torch.autograd.Function):
         ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
         device = x.device.type  # backward runs outside autocast: recompute fn under the forward's autocast state
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
-        ctx.save_for_backward(x, weight, *fn_params)
+        ctx.save_for_backward(x, weight, bias, *fn_params)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, *params = ctx.saved_tensors
+        x, weight, bias, *params = ctx.saved_tensors
         device, dtype, enabled = ctx.autocast
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula so double backward is right
+            return _RecomputedLinear._differentiable_backward(ctx, grad_out, x, weight, bias, params)
         with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
             leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
             y = ctx.fn(*leaves)
@@ -63,27 +68,45 @@ class _RecomputedLinear(torch.autograd.Function):
         grads = torch.autograd.grad(y, leaves, grad_y)
         return grads[0], grad_w, grad_b, None, *grads[1:]
 
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out, x, weight, bias, params):
+        """Backward as a graph of the saved inputs (``create_graph=True``): ``linear(fn(x))`` is recomputed
+        with autograd recording, so gradients of these gradients (double backward) are exact."""
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            out = F.linear(ctx.fn(x, *params), weight, bias)
+        inputs = [x, weight, bias, *params]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        result = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return result[0], result[1], result[2], None, *result[3:]
+
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, weight.shape, weight, bias)  # eps 1e-5, as nn.LayerNorm and the official code
 
 
-def norm_linear(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | nn.Conv2d) -> torch.Tensor:
+def norm_linear(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | nn.Conv2d,
+                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``linear(norm(x))`` on channels-last tokens keeping only ``x`` for backward (a 1x1 convolution
-    counts as a linear layer)."""
-    weight = linear.weight.flatten(1)
+    counts as a linear layer). ``weight``/``bias`` replace the linear's own (its low-precision copies)."""
+    if weight is None:
+        weight, bias = linear.weight.flatten(1), linear.bias
     if norm is None:
-        return F.linear(x, weight, linear.bias)
+        return F.linear(x, weight, bias)
     if not torch.is_grad_enabled() or _is_compiling():  # nothing to save / inductor plans recompute itself
-        return F.linear(norm(x), weight, linear.bias)
-    return _RecomputedLinear.apply(x, weight, linear.bias, _layer_norm, norm.weight, norm.bias)
+        return F.linear(norm(x), weight, bias)
+    return _RecomputedLinear.apply(x, weight, bias, _layer_norm, norm.weight, norm.bias)
 
 
-def gelu_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+def gelu_linear(x: torch.Tensor, linear: nn.Linear, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
     """``linear(gelu(x))`` keeping only ``x`` for backward."""
+    if weight is None:
+        weight, bias = linear.weight, linear.bias
     if not torch.is_grad_enabled() or _is_compiling():
-        return linear(F.gelu(x))
-    return _RecomputedLinear.apply(x, linear.weight, linear.bias, F.gelu)
+        return F.linear(F.gelu(x), weight, bias)
+    return _RecomputedLinear.apply(x, weight, bias, F.gelu)
 
 
 def window_geometry(size: int, window: int, shifted: bool) -> tuple[int, int]:
@@ -113,37 +136,36 @@ def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor
     return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
 
 
-def _band_labels(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Region label of every position along one axis of the rolled, padded map.
-
-    After the cyclic roll the last ``shift`` real positions are the wrapped-around ones (region 1);
-    everything before is region 0; bottom/right padding is region 2. This equals the official
-    three-band labelling [0, H-M), [H-M, H-s), [H-s, H) wherever that one is defined, because its
-    first two bands never share a window when H is a multiple of M.
-    """
+def _band_labels(padded: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Shift region of every position along one axis of the padded, rolled map: the official three
+    bands [0, P-M), [P-M, P-s), [P-s, P) of the padded length P, or all 0 without a shift."""
     pos = torch.arange(padded, device=device)
-    labels = torch.zeros(padded, dtype=torch.long, device=device)
-    if shift:
-        labels = labels + (pos >= size - shift).long()
-    return torch.where(pos >= size, torch.full_like(labels, 2), labels)
+    if not shift:
+        return torch.zeros_like(pos)
+    return (pos >= padded - window).long() + (pos >= padded - shift).long()
+
+
+def _is_padding(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Whether each position along one axis of the padded map rolled by ``-shift`` is bottom/right padding."""
+    return (torch.arange(padded, device=device) + shift) % padded >= size
 
 
 def attention_mask(
     h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Additive (nW, N, N) mask for a rolled and padded stage, or None when no token needs masking.
+    """Additive (nW, N, N) mask for a padded-then-rolled stage, or None when no token needs masking.
 
-    Pairs in different shift regions get -100 (the official value). Padding keys get -inf for real
-    queries, so padding cannot change a real token; a padding query may attend to other padding,
-    which keeps every softmax row finite (padding outputs are cropped away).
+    The map is padded bottom/right to whole windows first and the cyclic shift is taken on the
+    padded map (the order of Swin's detection/segmentation code and timm), so a shifted window never
+    splits a band. Pairs in different shift regions get -100 (the official value). Padding keys get
+    -inf for real queries, so padding cannot change a real token; a padding query may attend to other
+    padding, which keeps every softmax row finite (padding outputs are cropped away).
     """
     hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
     if not (sh or sw or hp != h or wp != w):
         return None
-    rows = _band_labels(h, hp, sh, device)
-    cols = _band_labels(w, wp, sw, device)
-    pad = ((rows == 2)[:, None] | (cols == 2)[None, :]).float()
-    region = (rows[:, None] * 3 + cols[None, :]).float()
+    pad = (_is_padding(h, hp, sh, device)[:, None] | _is_padding(w, wp, sw, device)[None, :]).float()
+    region = (_band_labels(hp, wh, sh, device)[:, None] * 3 + _band_labels(wp, ww, sw, device)[None, :]).float()
     both = torch.stack([region, pad], -1)[None]  # 1, Hp, Wp, 2
     win = window_partition(both, wh, ww)[0]  # nW, N, 2
     region, pad = win[..., 0], win[..., 1]
@@ -155,31 +177,149 @@ def attention_mask(
 
 def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token gathers that replace roll + pad + window partition and their inverse.
+    """Token gathers that replace pad + roll + window partition and their inverse.
 
     ``order[k]`` is the flat source index (into the h*w tokens, or ``h*w`` for a padding token) of the
-    k-th token in window order of the map rolled by (-sh, -sw) and padded bottom/right;
+    k-th token in window order of the map padded bottom/right and then rolled by (-sh, -sw);
     ``inverse[p]`` is where source token p sits in that order. One ``index_select`` each way costs one
-    copy instead of the roll, pad, partition, reverse, crop and roll-back copies.
+    copy instead of the pad, roll, partition, reverse, roll-back and crop copies.
     """
     hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-    rows = torch.arange(hp, device=device)
-    cols = torch.arange(wp, device=device)
-    src = ((rows + sh) % h)[:, None] * w + ((cols + sw) % w)[None, :]
+    rows = (torch.arange(hp, device=device) + sh) % hp  # padded-map row read at each rolled row
+    cols = (torch.arange(wp, device=device) + sw) % wp
+    src = rows[:, None] * w + cols[None, :]
     src = torch.where((rows[:, None] >= h) | (cols[None, :] >= w), torch.full_like(src, h * w), src)
     order = window_partition(src[None, :, :, None], wh, ww).reshape(-1)
-    real = order < h * w
-    inverse = torch.empty(h * w, dtype=torch.long, device=device)
-    inverse[order[real]] = torch.arange(order.numel(), device=device)[real]
+    # padding (h * w) sorts last; a static-shape inverse, so torch.compile can build it in-graph
+    inverse = torch.argsort(order, stable=True)[: h * w]
     return order, inverse
+
+
+class StageGeometry(NamedTuple):
+    """What a Swin block needs to attend in windows at one stage size: window shape, the token gathers
+    (``window_order``; ``gather`` reads token 0 for padding, whose value the mask makes irrelevant), the
+    bias-table index (``relative_position_index``) and the mask (``attention_mask``)."""
+
+    wh: int
+    ww: int
+    identity: bool  # one window, no shift, no padding: tokens are already in window order
+    padded: bool
+    order: torch.Tensor
+    gather: torch.Tensor
+    inverse: torch.Tensor
+    index: torch.Tensor
+    mask: torch.Tensor | None
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.order, self.gather, self.inverse, self.index, self.mask)
+        return sum(t.nbytes for t in tensors if t is not None)
+
+
+def build_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
+    wh, sh = window_geometry(h, window, shifted)
+    ww, sw = window_geometry(w, window, shifted)
+    order, inverse = window_order(h, w, wh, ww, sh, sw, device)
+    padded = order.numel() > h * w
+    gather = torch.where(order < h * w, order, torch.zeros_like(order)) if padded else order
+    index = relative_position_index(wh, ww, window).to(device)
+    return StageGeometry(wh, ww, (wh, ww) == (h, w), padded, order, gather, inverse, index,
+                         attention_mask(h, w, wh, ww, sh, sw, device))
+
+
+_GEOMETRY_CACHE: OrderedDict[tuple, StageGeometry] = OrderedDict()
+
+
+def stage_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
+    """``build_geometry``, shared by every block with the same (size, window, shift, device) through one
+    LRU cache bounded to ``GEOMETRY_CACHE_BYTES`` (but never fewer than the 8 entries of one image size),
+    so predicting images of many sizes does not grow memory.
+
+    Entries are built with inference mode and autograd off: a size first met under
+    ``torch.inference_mode()`` must still serve later training (inference tensors cannot be saved for
+    backward). Under torch.compile the geometry is built in-graph from the static sizes instead (no
+    Python state is read or mutated there).
+    """
+    if _is_compiling():
+        return build_geometry(h, w, window, shifted, device)
+    key = (h, w, window, shifted, str(device))
+    geometry = _GEOMETRY_CACHE.get(key)
+    if geometry is None:
+        with torch.inference_mode(False), torch.no_grad():
+            geometry = build_geometry(h, w, window, shifted, device)
+        _GEOMETRY_CACHE[key] = geometry
+        held = sum(g.nbytes for g in _GEOMETRY_CACHE.values())
+        while len(_GEOMETRY_CACHE) > 2 * NUM_STAGES and held > GEOMETRY_CACHE_BYTES:
+            held -= _GEOMETRY_CACHE.popitem(last=False)[1].nbytes
+    else:
+        _GEOMETRY_CACHE.move_to_end(key)
+    return geometry
+
+
+class _TokenGather(torch.autograd.Function):
+    """``x.index_select(1, index)`` whose backward is another gather, ``grad.index_select(1, grad_index)``
+    (after appending a zero token when ``pad_grad``), instead of autograd's zero-fill plus scatter-add.
+
+    Exact for the window gathers: they move every real token exactly once, and the extra reads of padding
+    positions get a zero gradient (padding keys are masked out of real queries, padding outputs cropped)."""
+
+    @staticmethod
+    def forward(ctx, x, index, grad_index, pad_grad):
+        ctx.grad_index, ctx.pad_grad = grad_index, pad_grad
+        return x.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.pad_grad:
+            grad = F.pad(grad, (0, 0, 0, 1))
+        return grad.index_select(1, ctx.grad_index), None, None, None
+
+
+class _ScaledResidual(torch.autograd.Function):
+    """``x + branch * scale`` (drop path: ``scale`` is 0 or 1/keep per image) as one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x, branch, scale):
+        ctx.save_for_backward(scale)
+        return torch.addcmul(x, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad, grad * scale, None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor, scale: float,
+                     sdpa: bool) -> torch.Tensor:
+    """softmax(scale * q k^T + additive) v for q, k, v (B, nW, heads, N, d) and additive (nW or 1, heads, N, N),
+    broadcast over the batch (never copied per image).
+
+    ``sdpa`` uses torch's scaled_dot_product_attention; otherwise the explicit formula: q k^T in the
+    input dtype except float16 (whose logits can overflow; they are computed in float32), then scale and
+    bias in one addition that promotes to at least float32, so the softmax runs in float32 (float64 for
+    float64 inputs). On the CPU a learnable bias sends SDPA to its unfused path, which takes more kernels
+    than this formula.
+    """
+    b, nw, heads, n, d = q.shape
+    if sdpa:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
+        q, k, v = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
+        mask = additive.expand(nw, heads, n, n).reshape(nw * heads, n, n).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).view(b, nw, heads, n, d)
+    if q.dtype == torch.float16:
+        with torch.autocast(q.device.type, enabled=False):
+            logits = q.float() @ k.float().transpose(-2, -1)
+    else:
+        logits = q @ k.transpose(-2, -1)
+    additive = additive.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    attn = torch.add(additive, logits, alpha=scale).softmax(-1)
+    return attn.to(v.dtype) @ v
 
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
-    ``fused`` chooses torch's scaled_dot_product_attention (bias and mask folded into one additive
-    mask that is broadcast over the batch, never copied per image) or the explicit formula; both
-    compute the same thing. The explicit path takes its softmax in float32 so that fp16 cannot overflow.
+    ``fused`` uses torch's scaled_dot_product_attention where it has a fused kernel (CUDA, and under
+    torch.compile), else the explicit formula (``window_attention``); both compute the same thing.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, fused: bool = True):
@@ -199,38 +339,21 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def window_index(self, wh: int, ww: int) -> torch.Tensor:
-        """Bias-table index for a wh x ww window (the buffer for the full window, else the clamped one)."""
-        if (wh, ww) == (self.window_size, self.window_size):
-            return self.relative_position_index
-        return relative_position_index(wh, ww, self.window_size).to(self.relative_position_index.device)
-
     def forward(self, x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
-                norm: nn.LayerNorm | None = None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) from ``window_index``;
-        mask: (nW, N, N) or None. Returns (B, nW, N, C)."""
+                norm: nn.LayerNorm | None = None, weights: Sequence[torch.Tensor | None] = (None,) * 4) -> torch.Tensor:
+        """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) bias-table index from the
+        stage geometry; mask: (nW, N, N) or None; weights: low-precision qkv and proj weight and bias, or
+        None for the modules' own. Returns (B, nW, N, C)."""
         b, nw, n, c = x.shape
         heads = self.num_heads
-        qkv = norm_linear(x, norm, self.qkv).view(b, nw, n, 3, heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each B, nW, heads, N, d
-        bias = self.relative_position_bias_table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # heads, N, N
-        if self.fused:
-            if mask is None:  # one (heads, N, N) bias for every window and image
-                q, k, v = (t.reshape(b * nw, heads, n, self.head_dim) for t in (q, k, v))
-                additive = bias
-            else:  # windows folded into the head axis: the (nW*heads, N, N) mask broadcasts over the batch
-                q, k, v = (t.reshape(b, nw * heads, n, self.head_dim) for t in (q, k, v))
-                additive = (bias[None] + mask[:, None]).reshape(nw * heads, n, n)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive.to(q.dtype), scale=self.scale)
-        else:
-            with torch.autocast(x.device.type, enabled=False):  # logits and softmax in float32
-                logits = (q.float() * self.scale) @ k.float().transpose(-2, -1) + bias.float()
-                if mask is not None:
-                    logits = logits + mask[:, None]
-                attn = logits.softmax(-1)
-            out = attn.to(v.dtype) @ v
-        out = out.view(b, nw, heads, n, self.head_dim).transpose(2, 3).reshape(b, nw, n, c)
-        return self.proj(out)
+        qkv = norm_linear(x, norm, self.qkv, *weights[:2]).view(b, nw, n, 3, heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)  # one copy; each (B, nW, heads, N, d)
+        additive = F.embedding(index, self.relative_position_bias_table).permute(2, 0, 1)  # heads, N, N
+        additive = additive[None] if mask is None else additive + mask[:, None]
+        sdpa = self.fused and (x.device.type != "cpu" or _is_compiling())
+        out = window_attention(q, k, v, additive, self.scale, sdpa)
+        out = out.transpose(2, 3).reshape(b, nw, n, c)
+        return F.linear(out, *weights[2:]) if weights[2] is not None else self.proj(out)
 
 
 class Mlp(nn.Module):
@@ -241,9 +364,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.LayerNorm | None = None,
+                weights: Sequence[torch.Tensor | None] = (None,) * 4) -> torch.Tensor:
         """``fc2(gelu(fc1(norm(x))))``, keeping neither the norm nor the GELU output for backward."""
-        return gelu_linear(norm_linear(x, norm, self.fc1), self.fc2)
+        return gelu_linear(norm_linear(x, norm, self.fc1, *weights[:2]), self.fc2, *weights[2:])
 
 
 class SwinBlock(nn.Module):
@@ -268,41 +392,55 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self._cache: dict[tuple, tuple] = {}
 
-    def _geometry(self, h: int, w: int, device: torch.device) -> tuple:
-        """Window shape, token orders, bias index and mask for an h x w stage; cached per size in eager
-        mode, built in-graph from static sizes under torch.compile (no Python state mutated there)."""
-        key = (h, w, device)
-        if key in self._cache and not _is_compiling():
-            return self._cache[key]
-        wh, sh = window_geometry(h, self.window_size, self.shifted)
-        ww, sw = window_geometry(w, self.window_size, self.shifted)
-        order, inverse = window_order(h, w, wh, ww, sh, sw, device)
-        mask = attention_mask(h, w, wh, ww, sh, sw, device)
-        geometry = (wh, ww, order, inverse, self.attn.window_index(wh, ww), mask)
-        if not _is_compiling():
-            self._cache[key] = geometry
-        return geometry
+    def _low_precision_weights(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """Under autocast in eager mode: the eight matmul weights and biases cast in one copy (autocast
+        would cast each one, and cast each gradient back, separately). Otherwise None for each."""
+        linears = (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2)
+        device = x.device.type
+        if _is_compiling() or not torch.is_autocast_enabled(device):
+            return [None] * 8
+        dtype = torch.get_autocast_dtype(device)
+        params = [t for lin in linears for t in (lin.weight, lin.bias)]
+        if any(p is None or p.dtype == dtype for p in params):
+            return [None] * 8
+        flat = torch.cat([p.reshape(-1) for p in params]).to(dtype)
+        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
 
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        """norm1 and attention in windows: roll, pad and partition are one gather, and one gather back
+    def _attend(self, x: torch.Tensor, weights: Sequence[torch.Tensor | None] = (None,) * 4) -> torch.Tensor:
+        """norm1 and attention in windows: pad, roll and partition are one gather, and one gather back
         crops the padding and undoes the roll. norm1 runs after the gather (LayerNorm is per token);
-        padding tokens then hold norm1's bias instead of zeros, which cannot matter because they are
-        masked out of every real token's attention."""
+        padding tokens then hold a copy of a real token, which cannot matter because they are masked out
+        of every real token's attention."""
         b, h, w, c = x.shape
-        wh, ww, order, inverse, index, mask = self._geometry(h, w, x.device)
+        geo = stage_geometry(h, w, self.window_size, self.shifted, x.device)
         tokens = x.reshape(b, h * w, c)
-        if order.numel() > h * w:  # padded windows read a zero token appended at index h * w
-            tokens = F.pad(tokens, (0, 0, 0, 1))
-        windows = tokens.index_select(1, order).view(b, -1, wh * ww, c)
-        out = self.attn(windows, index, mask, norm=self.norm1).view(b, -1, c)
-        return out.index_select(1, inverse).view(b, h, w, c)
+        if geo.identity:
+            windows = tokens
+        elif _is_compiling():
+            windows = tokens.index_select(1, geo.gather)
+        else:
+            windows = _TokenGather.apply(tokens, geo.gather, geo.inverse, False)
+        out = self.attn(windows.view(b, -1, geo.wh * geo.ww, c), geo.index, geo.mask, self.norm1, weights)
+        out = out.view(b, -1, c)
+        if geo.identity:
+            return out.view(b, h, w, c)
+        if _is_compiling():
+            return out.index_select(1, geo.inverse).view(b, h, w, c)
+        return _TokenGather.apply(out, geo.inverse, geo.order, geo.padded).view(b, h, w, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        x = x + self.drop_path(self._attend(x))
-        return x + self.drop_path(self.mlp(x, self.norm2))
+        weights = self._low_precision_weights(x)
+        p = self.drop_path.drop_prob if isinstance(self.drop_path, DropPath) and self.training else 0.0
+        if not p:
+            x = x + self._attend(x, weights[:4])
+            return x + self.mlp(x, self.norm2, weights[4:])
+        keep = 1.0 - p
+        scales = x.new_empty(2, x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)  # both residuals, one draw
+        residual = torch.addcmul if _is_compiling() else _ScaledResidual.apply
+        x = residual(x, self._attend(x, weights[:4]), scales[0])
+        return residual(x, self.mlp(x, self.norm2, weights[4:]), scales[1])
 
 
 class PatchEmbed(nn.Module):
