@@ -2,13 +2,17 @@
 
 With default options this computes what the official ``SwinTransformerSys`` computes at the sizes the
 official code accepts (224 and 448 at window 7, ...), and it also runs at any H x W divisible by 32:
-windows that do not tile a stage are padded bottom/right and the padding tokens are masked out of
-attention, so they never change the result of real tokens.
+a stage that does not tile into windows is padded bottom/right first and then cyclically shifted on
+the padded map (the order of Swin's segmentation code and timm), and the padding tokens are masked out
+of attention, so they never change the result of real tokens.
 
 Speed and memory: tokens are kept channels-last (B, H, W, C) from the patch embedding to the head (NCHW
-at the module boundary only); roll, pad and window partition are one gather each way; a LayerNorm or
-GELU that feeds a Linear is recomputed in backward instead of keeping its output (about a third less
-activation memory per block, bit-identical results).
+at the module boundary only); pad, roll and window partition are one gather each way (and each other's
+backward); the per-size geometry is shared by all blocks through one bounded cache; a LayerNorm or GELU
+that feeds a Linear is recomputed in backward instead of keeping its output (about a third less
+activation memory per block, bit-identical results). Eager steps are launch-bound on a GPU, so a block
+keeps its kernel count low (one copy for q, k, v; one addition for scale, bias and mask; one weight cast
+under autocast). Under torch.compile the geometry is built in-graph from static sizes: no graph breaks.
 
 The module imports torch and timm layers only (never nnU-Net), so it can be used and tested alone.
 """
