@@ -74,8 +74,8 @@ def _add_ext_trainer_dir(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="side-by-side speed and memory: SwinUnet variants, nnU-Net's 2D CNN, "
-                                     "MONAI SwinUNETR")
+    p = sub.add_parser("bench", help="side-by-side speed, memory, kernel launches and torch.compile: SwinUnet "
+                                     "variants, nnU-Net's 2D CNN, the official Swin-Unet, MONAI SwinUNETR")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--patch", type=int, nargs="+", default=[224], metavar="N", help="H [W] (default 224)")
     p.add_argument("--batch", type=int, default=4)
@@ -86,8 +86,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="TEXT", help="only rows whose name contains one of these "
                                                              "(the nnU-Net CNN row is always kept)")
     p.add_argument("--skip", nargs="+", metavar="TEXT", help="leave out rows whose name contains one of these, "
-                                                             "e.g. --skip compile (compiling takes minutes)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile on the CPU")
+                                                             "e.g. --skip MONAI; --skip compile keeps the rows "
+                                                             "but measures no compiled step (compiling takes minutes)")
+    p.add_argument("--compile", action="store_true",
+                   help="on the CPU also measure torch.compile (compile seconds, compiled step) for the CNN and "
+                        "the default SwinUnet (always on with --device cuda)")
+    p.add_argument("--official", metavar="PY",
+                   help="the official Swin-Unet's reference implementation for its row (default: "
+                        "tests/official_reference.py of the checkout this runs from, if there)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", help="write OUT.csv and OUT.json (and OUT.png with --png)")
     p.add_argument("--png", action="store_true")
@@ -99,7 +105,7 @@ def _add_bench(sub) -> None:
 
         return bench_command(args.device, tuple(args.patch), args.batch, args.in_channels, args.classes,
                              args.warmup, args.repeats, args.only, args.compile, args.threads, args.out,
-                             args.png, args.complexity, args.skip)
+                             args.png, args.complexity, args.skip, args.official)
 
     p.set_defaults(func=run)
 

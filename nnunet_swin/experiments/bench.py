@@ -1,15 +1,19 @@
-"""Side-by-side speed and memory of SwinUnet, nnU-Net's default 2D CNN and MONAI's SwinUNETR.
+"""Side-by-side speed and memory of SwinUnet, nnU-Net's default 2D CNN, the official Swin-Unet and MONAI's
+SwinUNETR.
 
 Everything runs in one process on one device so the ratios are fair: the same threads, the same
 allocator, the same input. Times are medians over repeats after warm-up (with min and max), CPU
 seconds are process time (robust when other processes share the cores), activation memory is the
 unique storage saved for backward in one forward of one image, and peak memory is CUDA's max
-allocated or, on the CPU, the process's peak RSS since the model's first step.
+allocated or, on the CPU, the process's peak RSS since the model's first step. Kernel launches are
+the operations one steady training step sends to the device (``count_kernel_launches``); with
+compile on, a row also gets ``torch.compile(model)``'s cold compile time and its steady step time.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -18,16 +22,28 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_swin.experiments.runner import atomic_write
 from nnunet_swin.network import SwinUnet
 
-__all__ = ["BenchResult", "Candidate", "bench_command", "candidates", "complexity_table", "format_table",
-           "nnunet_plain_unet", "run_bench", "saved_bytes", "write_results"]
+__all__ = ["BenchResult", "Candidate", "Target", "bench_command", "candidates", "complexity_table",
+           "count_kernel_launches", "cpu_targets", "format_table", "nnunet_plain_unet", "run_bench", "saved_bytes",
+           "write_results"]
+
+# The official architecture, re-implemented from the paper as the tests' oracle. It lives in the
+# repository's tests (not in the installed package), so its bench row exists only in a checkout.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+OFFICIAL_REFERENCE = (_CHECKOUT / "tests" / "official_reference.py" if (_CHECKOUT / "pyproject.toml").is_file()
+                      else None)
+OFFICIAL_ROW = "Official Swin-Unet (tests/official_reference.py)"
+SWIN_ROW = "SwinUnet 3 skips"  # the default network, the one the CPU targets are about
+CNN_ROW = "nnU-Net PlainConvUNet (DS)"
 
 
 @dataclass
@@ -35,7 +51,7 @@ class Candidate:
     name: str
     build: Callable[[], nn.Module]
     autocast: torch.dtype | None = None
-    compile: bool = False
+    compile: bool = False  # also measure torch.compile(model): compile seconds and the compiled step
     reference: bool = False  # the row the others are compared with (nnU-Net's CNN)
 
 
@@ -55,6 +71,11 @@ class BenchResult:
     tflops: float  # achieved fwd+bwd TFLOP/s (3x forward FLOPs)
     rel_time: float = math.nan  # train time / reference train time
     rel_act: float = math.nan
+    launches_fp32: float = math.nan  # kernel-launching ops per training step (count_kernel_launches)
+    launches_bf16: float = math.nan  # the same under bf16 autocast
+    compile_s: float = math.nan  # first torch.compile'd training step minus a steady compiled step
+    compiled_ms_per_img: float = math.nan  # steady torch.compile'd training step
+    compiled_peak_mb: float = math.nan
     error: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -82,34 +103,53 @@ def nnunet_plain_unet(patch: tuple[int, int], in_channels: int, num_classes: int
 
 def candidates(device: str, in_channels: int, num_classes: int, patch: tuple[int, int],
                include: Iterable[str] | None = None, compile_on_cpu: bool = False,
-               exclude: Iterable[str] | None = None) -> list[Candidate]:
+               exclude: Iterable[str] | None = None, official: str | Path | None = OFFICIAL_REFERENCE
+               ) -> list[Candidate]:
     """The default comparison: SwinUnet per skip count and attention path, with checkpointing, and on
-    CUDA with bf16 autocast and torch.compile; nnU-Net's CNN; MONAI's SwinUNETR in 2D. ``include`` /
-    ``exclude``: keep only / drop the rows whose name contains one of these (the CNN row always stays)."""
+    CUDA with bf16 autocast; nnU-Net's CNN; the official Swin-Unet (when ``official``, the reference
+    implementation's file, exists and the patch is square); MONAI's SwinUNETR in 2D. The CNN and the default
+    SwinUnet (and on CUDA their bf16 rows) also measure torch.compile: on CUDA always, on the CPU with
+    ``compile_on_cpu``. ``include`` / ``exclude``: keep only / drop the rows whose name contains one of these
+    (the CNN row always stays); excluding "compile" keeps the rows but measures no compiled step."""
 
     def swin(**kw) -> Callable[[], nn.Module]:
         return lambda: SwinUnet(in_channels, num_classes, **kw)
 
-    rows = [Candidate("nnU-Net PlainConvUNet (DS)", lambda: nnunet_plain_unet(patch, in_channels, num_classes),
-                      reference=True)]
-    rows += [Candidate(f"SwinUnet {k} skips", swin(num_skips=k)) for k in (3, 2, 1, 0)]
+    def cnn() -> nn.Module:
+        return nnunet_plain_unet(patch, in_channels, num_classes)
+
+    rows = [Candidate(CNN_ROW, cnn, compile=True, reference=True)]
+    rows += [Candidate(f"SwinUnet {k} skips", swin(num_skips=k), compile=k == 3) for k in (3, 2, 1, 0)]
     rows += [Candidate("SwinUnet explicit attention", swin(fused_attention=False)),
              Candidate("SwinUnet grad checkpointing", swin(gradient_checkpointing=True))]
     if device.startswith("cuda"):
-        rows += [Candidate("SwinUnet bf16", swin(), autocast=torch.bfloat16),
-                 Candidate("SwinUnet bf16 + compile", swin(), autocast=torch.bfloat16, compile=True),
-                 Candidate("nnU-Net PlainConvUNet bf16", lambda: nnunet_plain_unet(patch, in_channels, num_classes),
-                           autocast=torch.bfloat16)]
-    elif compile_on_cpu:
-        rows.append(Candidate("SwinUnet compile", swin(), compile=True))
+        rows += [Candidate("SwinUnet bf16", swin(), autocast=torch.bfloat16, compile=True),
+                 Candidate("nnU-Net PlainConvUNet bf16", cnn, autocast=torch.bfloat16, compile=True)]
+    if official is not None and Path(official).is_file() and patch[0] == patch[1]:
+        rows.append(Candidate(OFFICIAL_ROW, _official_builder(Path(official), patch[0], in_channels, num_classes)))
     rows.append(Candidate("MONAI SwinUNETR 2D fs48", lambda: _monai_swinunetr(in_channels, num_classes)))
     if include:
         wanted = [w.lower() for w in include]
         rows = [r for r in rows if r.reference or any(w in r.name.lower() for w in wanted)]
-    if exclude:
-        unwanted = [w.lower() for w in exclude]
+    unwanted = [w.lower() for w in exclude or ()]
+    if unwanted:
         rows = [r for r in rows if r.reference or not any(w in r.name.lower() for w in unwanted)]
+    if "compile" in unwanted or not (device.startswith("cuda") or compile_on_cpu):
+        for r in rows:
+            r.compile = False
     return rows
+
+
+def _official_builder(path: Path, size: int, in_channels: int, num_classes: int) -> Callable[[], nn.Module]:
+    """``build_official`` of the reference implementation at ``path``, in training mode."""
+
+    def build() -> nn.Module:
+        spec = importlib.util.spec_from_file_location("nnunet_swin_official_reference", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.build_official(size, in_channels, num_classes).train()
+
+    return build
 
 
 def _monai_swinunetr(in_channels: int, num_classes: int) -> nn.Module:
@@ -119,8 +159,50 @@ def _monai_swinunetr(in_channels: int, num_classes: int) -> nn.Module:
 
 
 def _loss(out) -> torch.Tensor:
+    """The output's mean, or the sum of the means of deep supervision's outputs (no ``0 +`` op)."""
     outs = out if isinstance(out, (list, tuple)) else [out]
-    return sum(o.float().mean() for o in outs)
+    loss = outs[0].float().mean()
+    for o in outs[1:]:
+        loss = loss + o.float().mean()
+    return loss
+
+
+def _train_step(model: nn.Module, run: Callable, x: torch.Tensor, autocast: torch.dtype | None) -> None:
+    """What the bench times as a training step: forward (autocast), loss, backward, zero_grad."""
+    with _autocast(x.device, autocast):
+        out = run(x)
+    _loss(out).backward()
+    model.zero_grad(set_to_none=True)
+
+
+class _LaunchCounter(TorchDispatchMode):
+    """Counts the operations that reach the dispatcher below autograd and autocast, i.e. the ones that run
+    a kernel, except aliasing views (``func.is_view``: a view, transpose, expand launches nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_kernel_launches(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> int:
+    """Kernel-launching operations in one steady training step of ``model`` on ``x``: forward (under
+    ``autocast_dtype`` autocast if given), loss = mean of the output (summed over deep supervision's
+    outputs), backward; aliasing views not counted. Eager CUDA at small sizes is bound by these launches.
+    One uncounted step runs first, so lazily built caches and the first gradient allocation are not part
+    of the count; gradients are reset to None before and after, as a training loop's zero_grad does."""
+    model.train()
+    _train_step(model, model, x, autocast_dtype)
+    with _LaunchCounter() as counter:
+        with _autocast(x.device, autocast_dtype):
+            out = model(x)
+        _loss(out).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.count
 
 
 def forward_gmacs(model: nn.Module, x: torch.Tensor) -> float:
@@ -185,26 +267,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_one(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, repeats: int) -> BenchResult:
+def _timed_steps(model: nn.Module, run: Callable, x: torch.Tensor, autocast: torch.dtype | None,
+                 steps: int) -> tuple[list[float], list[float]]:
+    """Wall and process seconds of ``steps`` training steps."""
+    wall, cpu = [], []
+    for _ in range(steps):
+        _sync(x.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        _train_step(model, run, x, autocast)
+        _sync(x.device)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+def compiled_step(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, warmup: int,
+                  repeats: int) -> tuple[float, float, float]:
+    """``torch.compile(model)`` as nnU-Net calls it (inductor, graphs may break), compiled cold (a fresh
+    inductor cache, dynamo reset): (compile seconds = first step minus the steady step, steady seconds per
+    step = median of ``repeats`` after ``warmup`` more, peak memory MB of the steady steps)."""
+    from torch._inductor.utils import fresh_cache
+
+    torch._dynamo.reset()
+    run = torch.compile(model)
+    with fresh_cache():
+        first, _ = _timed_steps(model, run, x, autocast, 1)
+        _timed_steps(model, run, x, autocast, warmup)
+        baseline = _reset_peak(x.device)
+        wall, _ = _timed_steps(model, run, x, autocast, repeats)
+        peak = _peak(x.device, baseline)
+    torch._dynamo.reset()
+    step = statistics.median(wall)
+    return first[0] - step, step, peak
+
+
+def bench_eager(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int,
+                repeats: int) -> tuple[BenchResult, nn.Module]:
+    """A row's eager figures, and its model (for the compiled measurement)."""
     torch.manual_seed(0)
-    model = c.build().to(device)
+    model = c.build().to(device).train()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = forward_gmacs(model, x[:1])
     act, total = (n / 2**20 for n in saved_bytes(model, x[:1], c.autocast))
-    run = torch.compile(model) if c.compile else model
+    launches = [count_kernel_launches(model, x[:1], dtype) for dtype in (None, torch.bfloat16)]
     baseline = _reset_peak(device)
-    wall, cpu = [], []
-    for i in range(warmup + repeats):
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        with _autocast(device, c.autocast):
-            loss = _loss(run(x))
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        if i >= warmup:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
+    _timed_steps(model, model, x, c.autocast, warmup)
+    wall, cpu = _timed_steps(model, model, x, c.autocast, repeats)
     peak = _peak(device, baseline)
     infer = []
     with torch.no_grad():
@@ -212,42 +320,111 @@ def bench_one(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, 
             _sync(device)
             t0 = time.perf_counter()
             with _autocast(device, c.autocast):
-                run(x)
+                model(x)
             _sync(device)
             if i >= warmup:
                 infer.append(time.perf_counter() - t0)
     b = x.shape[0]
     step = statistics.median(wall)
-    return BenchResult(
+    result = BenchResult(
         name=c.name, params_m=params, gmacs=gmacs, train_ms_per_img=step / b * 1e3,
         train_ms_min=min(wall) / b * 1e3, train_ms_max=max(wall) / b * 1e3,
         train_cpu_s_per_step=statistics.median(cpu), infer_ms_per_img=statistics.median(infer) / b * 1e3,
         saved_act_mb_per_img=act, saved_total_mb_per_img=total, peak_mb=peak, tflops=3 * 2 * gmacs * b / step / 1e3,
+        launches_fp32=launches[0], launches_bf16=launches[1],
     )
+    return result, model
+
+
+def add_compiled(result: BenchResult, model: nn.Module, c: Candidate, x: torch.Tensor, warmup: int,
+                 repeats: int) -> None:
+    """The compiled columns of a row; a failing compile is recorded in ``error``, the eager figures stay."""
+    try:
+        compile_s, step, result.compiled_peak_mb = compiled_step(model, x, c.autocast, warmup, repeats)
+        result.compile_s, result.compiled_ms_per_img = compile_s, step / x.shape[0] * 1e3
+    except Exception as e:
+        result.error = f"torch.compile: {type(e).__name__}: {e}"[:300]
+
+
+def bench_one(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, repeats: int) -> BenchResult:
+    """One row: eager, and compiled if the candidate asks for it."""
+    result, model = bench_eager(c, device, x, warmup, repeats)
+    if c.compile:
+        add_compiled(result, model, c, x, warmup, repeats)
+    return result
 
 
 def run_bench(device: str = "cpu", patch: tuple[int, int] = (224, 224), batch: int = 4, in_channels: int = 1,
               num_classes: int = 9, warmup: int = 2, repeats: int = 6, include: Iterable[str] | None = None,
               compile_on_cpu: bool = False, log: Callable[[str], None] = print,
-              exclude: Iterable[str] | None = None) -> list[BenchResult]:
+              exclude: Iterable[str] | None = None, official: str | Path | None = OFFICIAL_REFERENCE,
+              on_result: Callable[[list[BenchResult]], None] | None = None) -> list[BenchResult]:
+    """Every candidate row eager, then the compiled measurements (the nnU-Net CNN's last: its compile does
+    not depend on this package). ``on_result`` gets the results so far after each measurement (to write
+    them, so a run cut short by a time limit still leaves what it finished)."""
     dev = torch.device(device)
     x = torch.randn(batch, in_channels, *patch, device=dev)
-    results = []
-    rows = candidates(device, in_channels, num_classes, patch, include, compile_on_cpu, exclude)
-    for c in rows:
+    results: list[BenchResult] = []
+    rows = candidates(device, in_channels, num_classes, patch, include, compile_on_cpu, exclude, official)
+    models: dict[int, nn.Module] = {}
+    ref = None
+    for i, c in enumerate(rows):
         log(f"  measuring {c.name} ...")
         try:
-            results.append(bench_one(c, dev, x, warmup, repeats))
-        except Exception as e:  # one failing candidate (e.g. compile) must not lose the others
-            results.append(BenchResult(c.name, *([math.nan] * 11), error=f"{type(e).__name__}: {e}"[:300]))
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    ref = next((r for r, c in zip(results, rows) if c.reference), None)
-    if ref is not None:
-        for r in results:
+            r, model = bench_eager(c, dev, x, warmup, repeats)
+            if c.compile:
+                models[i] = model
+        except Exception as e:  # one failing candidate must not lose the others
+            r = BenchResult(c.name, *([math.nan] * 11), error=f"{type(e).__name__}: {e}"[:300])
+        if c.reference:
+            ref = r
+        if ref is not None:
             r.rel_time = r.train_ms_per_img / ref.train_ms_per_img
             r.rel_act = r.saved_act_mb_per_img / ref.saved_act_mb_per_img
+        results.append(r)
+        _report(results, on_result, dev)
+    for i in sorted(models, key=lambda i: rows[i].reference):
+        log(f"  compiling {rows[i].name} ...")
+        add_compiled(results[i], models.pop(i), rows[i], x, warmup, repeats)
+        _report(results, on_result, dev)
     return results
+
+
+def _report(results: list[BenchResult], on_result: Callable[[list[BenchResult]], None] | None,
+            device: torch.device) -> None:
+    if on_result is not None:
+        on_result(results)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Target:
+    what: str
+    value: float  # the measured ratio
+    bound: str  # "<= 0.60", ">= 1.3"
+    met: bool | None  # None: a row it needs was not measured
+
+
+def cpu_targets(results: list[BenchResult]) -> list[Target]:
+    """Issue 10's CPU targets for the default SwinUnet's eager training step: at most 0.60x nnU-Net's CNN,
+    and at least 1.3x faster than the official-equivalent network, from this run's rows; each on the
+    median wall time and on the median process (CPU) seconds, which other jobs on the cores disturb less."""
+    targets = []
+    for field_name, unit in (("train_ms_per_img", "wall"), ("train_cpu_s_per_step", "CPU s")):
+        t = {r.name: getattr(r, field_name) for r in results}
+        swin, cnn, official = (t.get(name, math.nan) for name in (SWIN_ROW, CNN_ROW, OFFICIAL_ROW))
+        checks = [(f"{SWIN_ROW} / {CNN_ROW} train step ({unit})", swin / cnn, 0.60, False),
+                  (f"{OFFICIAL_ROW} / {SWIN_ROW} train step ({unit})", official / swin, 1.3, True)]
+        targets += [Target(what, ratio, f"{'>=' if at_least else '<='} {bound}",
+                           None if math.isnan(ratio) else (ratio >= bound if at_least else ratio <= bound))
+                    for what, ratio, bound, at_least in checks]
+    return targets
+
+
+def format_targets(targets: list[Target]) -> str:
+    word = {True: "met", False: "NOT met", None: "not measured (row missing)"}
+    return "\n".join(f"target: {t.what} = {t.value:.2f}x, wanted {t.bound}x: {word[t.met]}" for t in targets)
 
 
 _COLUMNS = [("name", "model", "{}"), ("params_m", "params M", "{:.2f}"), ("gmacs", "GMACs/img", "{:.2f}"),
@@ -256,23 +433,30 @@ _COLUMNS = [("name", "model", "{}"), ("params_m", "params M", "{:.2f}"), ("gmacs
             ("infer_ms_per_img", "infer ms/img", "{:.3g}"), ("saved_act_mb_per_img", "act MB/img", "{:.0f}"),
             ("saved_total_mb_per_img", "act+weights MB", "{:.0f}"),
             ("peak_mb", "peak MB", "{:.0f}"), ("tflops", "TFLOP/s", "{:.3f}"), ("rel_time", "time vs CNN", "{:.2f}x"),
-            ("rel_act", "act vs CNN", "{:.2f}x")]
+            ("rel_act", "act vs CNN", "{:.2f}x"), ("launches_fp32", "launches fp32", "{:.0f}"),
+            ("launches_bf16", "launches bf16", "{:.0f}"), ("compile_s", "compile s", "{:.1f}"),
+            ("compiled_ms_per_img", "compiled ms/img", "{:.3g}"), ("compiled_peak_mb", "compiled peak MB", "{:.0f}")]
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """A Markdown table (readable in a terminal too)."""
+    """A Markdown table (readable in a terminal too); "-" where a figure was not measured (no compile)."""
     head = "| " + " | ".join(h for _, h, _ in _COLUMNS) + " |"
     lines = [head, "|" + "---|" * len(_COLUMNS)]
     for r in results:
-        if r.error:
+        if math.isnan(r.train_ms_per_img):
             lines.append(f"| {r.name} | failed: {r.error} |")
             continue
-        lines.append("| " + " | ".join(fmt.format(getattr(r, k)) for k, _, fmt in _COLUMNS) + " |")
+        cells = ["-" if isinstance(v, float) and math.isnan(v) else fmt.format(v)
+                 for v, fmt in ((getattr(r, k), fmt) for k, _, fmt in _COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"{r.name}: {r.error}" for r in results if r.error and not math.isnan(r.train_ms_per_img)]
     return "\n".join(lines)
 
 
-def write_results(results: list[BenchResult], out_prefix: str, meta: dict, png: bool = False) -> list[str]:
-    """``<prefix>.csv``, ``<prefix>.json`` (with the run's settings) and optionally ``<prefix>.png``."""
+def write_results(results: list[BenchResult], out_prefix: str, meta: dict, png: bool = False,
+                  targets: list[Target] | None = None) -> list[str]:
+    """``<prefix>.csv``, ``<prefix>.json`` (with the run's settings and targets) and optionally
+    ``<prefix>.png``."""
     rows = [asdict(r) for r in results]
     fields = [k for k in rows[0] if k != "extra"]
     table = io.StringIO()
@@ -281,7 +465,8 @@ def write_results(results: list[BenchResult], out_prefix: str, meta: dict, png: 
     writer.writerows(rows)
     written = [out_prefix + ".csv", out_prefix + ".json"]
     atomic_write(written[0], table.getvalue())
-    atomic_write(written[1], json.dumps({"meta": meta, "results": rows}, indent=1, default=str))
+    summary = {"meta": meta, "results": rows, "targets": [asdict(t) for t in targets or []]}
+    atomic_write(written[1], json.dumps(summary, indent=1, default=str))
     if png:
         written.append(_bar_chart(results, out_prefix + ".png"))
     return written
@@ -361,9 +546,10 @@ def format_complexity(rows: list[ComplexityRow], h: int, w: int, dim: int, windo
 def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: int = 4, in_channels: int = 1,
                   num_classes: int = 9, warmup: int = 2, repeats: int = 6, only: list[str] | None = None,
                   compile_on_cpu: bool = False, threads: int | None = None, out: str | None = None,
-                  png: bool = False, complexity: bool = False, skip: list[str] | None = None) -> int:
-    """What ``nnunet-swin bench`` does: print the side-by-side table (or the complexity table) and
-    write CSV/JSON (and a PNG) next to ``out``."""
+                  png: bool = False, complexity: bool = False, skip: list[str] | None = None,
+                  official: str | None = None) -> int:
+    """What ``nnunet-swin bench`` does: print the side-by-side table (or the complexity table), on the CPU
+    the targets, and write CSV/JSON (and a PNG) next to ``out``, the CSV/JSON after every row."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
         return 2
@@ -383,15 +569,29 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
         return 0
     print(f"nnunet-swin bench: patch {hw[0]}x{hw[1]}, batch {batch}, {device} ({meta['card']}), "
           f"{meta['threads']} threads, fp32 unless marked; median of {repeats} steps after {warmup} warm-up")
+    if official is not None and not Path(official).is_file():
+        print(f"error: --official {official}: no such file; give the path of tests/official_reference.py "
+              "in a checkout of nnunet_swin")
+        return 2
+    on_cpu = device == "cpu"
+
+    def save(results: list[BenchResult], with_png: bool = False) -> list[str]:
+        targets = cpu_targets(results) if on_cpu else None
+        return write_results(results, out, meta, with_png, targets) if out else []
+
     results = run_bench(device, hw, batch, in_channels, num_classes, warmup, repeats, only, compile_on_cpu,
-                        exclude=skip)
+                        exclude=skip, official=official or OFFICIAL_REFERENCE, on_result=save)
     print(format_table(results))
     print("train = forward + loss + backward + zero_grad (no optimizer step); act = unique storage saved for "
           "backward by one image (act+weights also counts the parameters backward holds, as the reference "
           "notes do); peak = CUDA max allocated or CPU peak RSS growth; with gradient checkpointing act counts "
-          "only what the checkpoints keep.")
+          "only what the checkpoints keep; launches = kernel-launching ops of one training step, aliasing views "
+          "not counted (count_kernel_launches); compile s = first torch.compile'd step minus a steady one, cold "
+          "cache.")
+    if on_cpu:
+        print(format_targets(cpu_targets(results)))
     if out:
-        for path in write_results(results, out, meta, png):
+        for path in save(results, png):
             print(f"wrote {path}")
     return 0 if not any(r.error for r in results) else 1
 

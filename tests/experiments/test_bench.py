@@ -4,13 +4,76 @@ import csv
 import json
 import os
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from nnunet_swin.cli import main
-from nnunet_swin.experiments.bench import (candidates, complexity_table, forward_gmacs, nnunet_plain_unet, run_bench,
-                                           saved_bytes)
+from nnunet_swin.experiments.bench import (CNN_ROW, OFFICIAL_ROW, SWIN_ROW, BenchResult, Candidate, bench_one,
+                                           candidates, complexity_table, count_kernel_launches, cpu_targets,
+                                           forward_gmacs, format_table, nnunet_plain_unet, run_bench, saved_bytes)
 from nnunet_swin import SwinUnet
+
+
+class _Tiny(nn.Module):
+    """Two outputs, like deep supervision: an elementwise branch with a view and a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return [(x * self.w).relu().transpose(0, 1), self.lin(x)]
+
+
+def test_kernel_launches_of_a_tiny_model_counted_by_hand():
+    """fp32: forward mul, relu, addmm (transpose and Linear's weight.t() are views: not counted); loss two
+    means and their add; backward ones_like (the seed), two divs (mean), threshold_backward (relu), mul and
+    sum (w's broadcast gradient), mm (weight) and sum (bias): 3 + 3 + 8 = 14. bf16 autocast adds 7 casts:
+    x, weight, bias to bf16, the Linear output's .float(), and in backward the output gradient to bf16 and
+    the weight and bias gradients back to fp32. A cache built by the first call is not counted."""
+    model, x = _Tiny(), torch.randn(4, 3)
+    assert count_kernel_launches(model, x) == 14
+    assert count_kernel_launches(model, x, torch.bfloat16) == 21
+    assert all(p.grad is None for p in model.parameters())
+
+    class Cached(_Tiny):
+        cache = None
+
+        def forward(self, x):
+            if self.cache is None:
+                self.cache = torch.zeros(3) + 1  # two ops, once
+            return super().forward(x * self.cache)
+
+    assert count_kernel_launches(Cached(), x) == 15  # + the multiplication by the cache
+
+
+def test_cpu_targets_met_and_not_met():
+    """Wall time and CPU seconds each: the SwinUnet <= 0.60x the CNN, the official >= 1.3x the SwinUnet."""
+    def row(name, ms, cpu_s):
+        return BenchResult(name, 1.0, 1.0, ms, 1.0, 1.0, cpu_s, *([1.0] * 5))
+
+    met = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 60, 6), row(OFFICIAL_ROW, 78, 7.8)])
+    assert [t.met for t in met] == [True, True, True, True] and met[0].value == pytest.approx(0.6)
+    missed = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 61, 5), row(OFFICIAL_ROW, 79, 6)])
+    assert [t.met for t in missed] == [False, False, True, False]
+    assert "(CPU s)" in missed[2].what and missed[3].value == pytest.approx(1.2)
+    no_official = cpu_targets([row(CNN_ROW, 100, 10), row(SWIN_ROW, 50, 5)])
+    assert no_official[1].met is None and math.isnan(no_official[1].value)
+
+
+def test_compile_columns_on_a_tiny_model():
+    """torch.compile with inductor, cold cache: compile seconds and the compiled step next to eager (a Linear:
+    its matmuls are library calls, so inductor compiles no C++ and the test stays fast)."""
+    tiny = Candidate("tiny", lambda: nn.Linear(8, 4), compile=True)
+    r = bench_one(tiny, torch.device("cpu"), torch.randn(2, 8), warmup=1, repeats=2)
+    assert not r.error and r.compile_s > 0.1 and r.compiled_ms_per_img > 0  # tracing alone takes that long
+    # addmm, mean; backward ones_like, div, mm (weight), sum (bias)
+    assert r.launches_fp32 == count_kernel_launches(nn.Linear(8, 4), torch.randn(1, 8)) == 6
+    assert "compile s" in format_table([r]) and f"{r.compile_s:.1f}" in format_table([r])
 
 
 def test_nnunet_cnn_is_built_from_the_default_2d_plan():
@@ -34,11 +97,17 @@ def test_bench_rows_and_ratios():
 
 
 def test_rows_can_be_chosen_and_left_out():
-    """--only keeps, --skip drops rows by name; the CNN reference row always stays (built lazily, no GPU)."""
-    names = [c.name for c in candidates("cuda", 1, 9, (64, 64), include=["bf16"], exclude=["compile"])]
-    assert names == ["nnU-Net PlainConvUNet (DS)", "SwinUnet bf16", "nnU-Net PlainConvUNet bf16"]
-    assert not any(c.compile for c in candidates("cuda", 1, 9, (64, 64), exclude=["compile", "PlainConvUNet"])
-                   if not c.reference)
+    """--only keeps, --skip drops rows by name; the CNN reference row always stays (built lazily, no GPU);
+    --skip compile keeps the rows without their compiled step."""
+    rows = candidates("cuda", 1, 9, (64, 64), include=["bf16"])
+    assert [c.name for c in rows] == ["nnU-Net PlainConvUNet (DS)", "SwinUnet bf16", "nnU-Net PlainConvUNet bf16"]
+    assert all(c.compile for c in rows)
+    assert not any(c.compile for c in candidates("cuda", 1, 9, (64, 64), include=["bf16"], exclude=["compile"]))
+    cpu = candidates("cpu", 1, 9, (64, 64), compile_on_cpu=True)
+    assert [c.name for c in cpu if c.compile] == [CNN_ROW, SWIN_ROW]
+    assert OFFICIAL_ROW in [c.name for c in cpu]  # from the checkout's tests/official_reference.py
+    assert OFFICIAL_ROW not in [c.name for c in candidates("cpu", 1, 9, (64, 64), official="/nonexistent.py")]
+    assert not any(c.compile for c in candidates("cpu", 1, 9, (64, 64)))
 
 
 def test_default_model_costs_what_the_official_one_costs():
@@ -66,11 +135,15 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, capsys):
     assert main(["bench", "--patch", "64", "--batch", "1", "--warmup", "0", "--repeats", "1",
                  "--only", "1 skips", "--out", str(out), "--png"]) == 0
     printed = capsys.readouterr().out
-    assert "time vs CNN" in printed and "SwinUnet 1 skips" in printed
+    assert "time vs CNN" in printed and "SwinUnet 1 skips" in printed and "launches bf16" in printed
+    assert f"target: {SWIN_ROW} / {CNN_ROW} train step (wall)" in printed and "not measured (row missing)" in printed
     rows = list(csv.DictReader(open(f"{out}.csv")))
     assert [r["name"] for r in rows] == ["nnU-Net PlainConvUNet (DS)", "SwinUnet 1 skips"]
-    meta = json.load(open(f"{out}.json"))["meta"]
+    assert float(rows[1]["launches_fp32"]) > 100 and rows[1]["compile_s"] == "nan"
+    saved = json.load(open(f"{out}.json"))
+    meta = saved["meta"]
     assert meta["patch"] == [64, 64] and meta["device"] == "cpu"
+    assert [t["met"] for t in saved["targets"]] == [None] * 4
     assert (tmp_path / "bench.png").stat().st_size > 1000
     umask = os.umask(0)
     os.umask(umask)
