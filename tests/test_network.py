@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from nnunet_swin import SwinUnet
 from nnunet_swin import network
@@ -409,37 +408,6 @@ def test_compiles_without_graph_breaks():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
-
-
-class _KernelCounter(TorchDispatchMode):
-    """Operators that launch a kernel: everything reaching dispatch except aliasing views (``is_view``) and
-    ``_unsafe_view``/``new_empty``, which only relabel or allocate memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.overloadpacket not in (torch.ops.aten._unsafe_view, torch.ops.aten.new_empty):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_training_step_kernel_launches():
-    """One eager training step of the default model at 224 (the launch-bound case on a GPU). The unchanged
-    network took 1017 (fp32) and 1490 (bf16 autocast); issue 10 aims at 600 / 700."""
-    model = SwinUnet(1, 2)
-    x = torch.randn(1, 1, 224, 224)
-    model(x).mean().backward()  # geometry cached, as in every step after the first
-    counts = []
-    for bf16 in (False, True):
-        model.zero_grad(set_to_none=True)
-        with _KernelCounter() as counter:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model(x).float().mean()
-            loss.backward()
-        counts.append(counter.count)
-    assert counts[0] <= 850 and counts[1] <= 990, counts
 
 
 def test_package_exports_the_public_api_lazily():
