@@ -143,6 +143,20 @@ def _bare_venv(tmp_path: Path, *path_entries: str) -> tuple[Path, Path]:
     return python, Path(purelib)
 
 
+def _installed_without_this_plugin(tmp_path: Path) -> str:
+    """A folder of links to everything installed here except this plugin (its package, metadata, hooks), for
+    a bare venv's sys.path: torch and nnU-Net come from here, the plugin only from where the test puts it
+    (CI installs it non-editable, and site-packages' copy would shadow the source tree under test)."""
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for site_dir in site.getsitepackages():
+        for entry in Path(site_dir).iterdir():
+            skip = entry.name.startswith(("nnunet_swin", "nnunet-swin", "__editable__")) or entry.suffix == ".pth"
+            if not skip and not (deps / entry.name).exists():
+                (deps / entry.name).symlink_to(entry)
+    return str(deps)
+
+
 def _doctor(python: Path, cwd: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "nnunet_swin.cli", "doctor"], env=_clean_env(**env), cwd=str(cwd),
                           capture_output=True, text=True, timeout=600)
@@ -160,7 +174,7 @@ def test_editable_install_registers_and_doctor_says_so(tmp_path):
     wheel = next(dist.glob("*.whl"))
     line = zipfile.ZipFile(wheel).read(PTH_NAME).decode()
     assert repr(str(src / "nnunet_swin" / "ext_trainers")) in line
-    python, purelib = _bare_venv(tmp_path, *site.getsitepackages())
+    python, purelib = _bare_venv(tmp_path, _installed_without_this_plugin(tmp_path))
     zipfile.ZipFile(wheel).extractall(purelib)  # what pip does with a pure wheel (less RECORD/INSTALLER)
     proc = _doctor(python, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -171,7 +185,7 @@ def test_editable_install_registers_and_doctor_says_so(tmp_path):
 def test_doctor_after_its_own_fix_without_the_hook(tmp_path):
     """The source tree importable but no .pth hook, and the user followed the doctor's fix (exported
     nnUNet_extTrainer): OK for this shell, and it says new shells need the export too."""
-    python, _ = _bare_venv(tmp_path, *site.getsitepackages(), str(REPO))
+    python, _ = _bare_venv(tmp_path, _installed_without_this_plugin(tmp_path), str(REPO))
     directory = subprocess.run([str(python), "-m", "nnunet_swin.cli", "ext-trainer-dir"], env=_clean_env(),
                                cwd=str(tmp_path), capture_output=True, text=True, check=True).stdout.strip()
     assert directory == str(REPO / "nnunet_swin" / "ext_trainers")
