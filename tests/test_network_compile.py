@@ -34,8 +34,10 @@ def _validate(net, model, x):
         return net(x)
 
 
-def test_inductor_compile_without_graph_breaks_or_recompiles(monkeypatch):
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # drop path draws what eager draws
+# drop path draws what eager draws; config.patch restores the setting (monkeypatch's undo deletes it from
+# inductor's config module, which breaks every later compile in the same process)
+@torch._inductor.config.patch(fallback_random=True)
+def test_inductor_compile_without_graph_breaks_or_recompiles():
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
