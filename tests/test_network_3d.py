@@ -9,7 +9,8 @@ import torch
 
 from nnunet_swin import SwinUnet
 from nnunet_swin import network
-from nnunet_swin.network import PatchExpand, PatchMerging, SwinBlock, attention_mask, strides_from_pooling
+from nnunet_swin.network import (PatchExpand, PatchMerging, SwinBlock, attention_mask, fit_window_size,
+                                 strides_from_pooling)
 
 TINY = dict(spatial_dims=3, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), drop_path_rate=0.0)
 #: nnU-Net-like plans: a prostate-like anisotropic one (few thick slices: depth pooled late) and an isotropic one.
@@ -34,6 +35,15 @@ def test_strides_follow_nnunets_pooling_plan():
     assert net.size_multiple == (4, 32, 32)  # nnU-Net's own multiple for this plan is (4, 64, 64)
     with pytest.raises(ValueError, match="equal length"):
         strides_from_pooling([[1, 1, 1], [2, 2]])
+
+
+def test_windows_fit_the_first_stage_without_much_padding():
+    # hippocampus-like: a 10x14x10 first stage; window 7 would pad it to 14x14x14, twice the tokens
+    assert fit_window_size((40, 56, 40), (4, 4, 4)) == [5, 7, 5]
+    assert fit_window_size((20, 320, 256), (1, 4, 4)) == [7, 7, 7]  # 20 -> 21, 80 -> 84, 64 -> 70: within 10 %
+    assert fit_window_size((128, 128, 128), (4, 4, 4)) == [7, 7, 7]
+    assert fit_window_size((8, 44, 52), (2, 4, 4)) == [4, 6, 7]  # 4 tokens: global; 11 -> 12 at 6; 13 -> 14 at 7
+    assert fit_window_size((28, 28), (4, 4), max_padding=0.0) == [7, 7]
 
 
 # (sizes, plan): anisotropic with depth kept early, and depth merged only in the last merging
