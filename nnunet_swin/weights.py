@@ -292,7 +292,8 @@ def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.T
     if target == "encoder.patch_embed.proj.weight":
         depth = model.encoder.patch_embed.proj.kernel_size[0]
         return (value[:, :, None].expand(-1, -1, depth, -1, -1) / depth,
-                f"inflated to a 3D kernel of depth {depth}: the 2D kernel replicated along depth and divided by {depth}")
+                f"inflated to a 3D kernel of depth {depth}: the 2D kernel replicated along depth and divided "
+                f"by {depth}")
     if target.endswith("relative_position_bias_table"):
         offsets = 2 * model.get_submodule(target.rsplit(".", 1)[0]).window_size[0] - 1
         if offsets == 1:

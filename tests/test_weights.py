@@ -533,7 +533,8 @@ def test_3d_inflated_tensors_and_report(sources):
 
     kernel = state["encoder.patch_embed.proj.weight"]
     assert kernel.shape == (96, 3, 2, 4, 4)
-    assert torch.allclose(kernel[:, :, 0], sd["patch_embed.proj.weight"] / 2) and torch.equal(kernel[:, :, 0], kernel[:, :, 1])
+    assert torch.allclose(kernel[:, :, 0], sd["patch_embed.proj.weight"] / 2)
+    assert torch.equal(kernel[:, :, 0], kernel[:, :, 1])
 
     tables = [k for k in state if k.endswith("relative_position_bias_table")]
     assert len(tables) == 8 + 6  # encoder blocks and their decoder mirrors
@@ -556,11 +557,13 @@ def test_3d_inflated_tensors_and_report(sources):
     assert torch.allclose(reduction[:, :, 0], src_reduction / 2) and torch.equal(reduction[:, :, 0], reduction[:, :, 1])
     assert torch.allclose(reduction.sum(2), src_reduction)  # a depth-constant group gives the 2D result
     # depth stride 1: the 3D group is the 2D one, loaded unchanged
-    assert torch.equal(state["encoder.stages.1.downsample.reduction.weight"], sd["layers.2.downsample.reduction.weight"])
+    assert torch.equal(state["encoder.stages.1.downsample.reduction.weight"],
+                       sd["layers.2.downsample.reduction.weight"])
     assert "encoder.stages.1.downsample.reduction.weight" in report.loaded
 
     inflated = {k for k, how in report.adapted.items() if "inflated" in how}
-    merges = {f"encoder.stages.{i}.downsample.{t}" for i in (0, 2) for t in ("norm.weight", "norm.bias", "reduction.weight")}
+    merges = {f"encoder.stages.{i}.downsample.{t}"
+              for i in (0, 2) for t in ("norm.weight", "norm.bias", "reduction.weight")}
     assert inflated == {"encoder.patch_embed.proj.weight", *tables, *merges}
     # per-token tensors are the 2D ones; the decoder mirrors the encoder; the rest kept its initialisation
     assert torch.equal(state["encoder.stages.2.blocks.1.mlp.fc1.weight"], sd["layers.2.blocks.1.mlp.fc1.weight"])
