@@ -30,7 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["SwinUnet", "UPSAMPLING_MODES", "nearest_valid_sizes", "strides_from_pooling"]
+__all__ = ["SwinUnet", "UPSAMPLING_MODES", "fit_window_size", "nearest_valid_sizes", "strides_from_pooling"]
 
 UPSAMPLING_MODES = ("patch_expand", "bilinear", "transposed_conv")
 SHIFT_MASK_VALUE = -100.0  # the official value: finite, so fp16-safe, and what the checkpoints were trained with
@@ -827,6 +827,22 @@ def strides_from_pooling(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> dict[
     dims = len(pool_op_kernel_sizes[0])
     steps = (steps + [[1] * dims] * 5)[:5]
     return {"patch_size": [a * b for a, b in zip(steps[0], steps[1])], "merge_strides": steps[2:]}
+
+
+def fit_window_size(size: Sequence[int], patch_size: Sequence[int], max_window: int = 7,
+                    max_padding: float = 0.1) -> list[int]:
+    """Per axis, the largest window up to ``max_window`` (and no larger than the axis) that pads the first stage's token grid (the input
+    ``size`` over ``patch_size``; the largest grid by far, in 3D 8x the next) by at most ``max_padding``.
+
+    Padding tokens cost attention and MLP compute like real ones: a hippocampus-like 40x56x40 patch at
+    patch 4 gives a 10x14x10 first stage, which window 7 pads to 14x14x14 (twice the tokens) and window 5
+    tiles exactly. Deeper stages clamp the window as always. 2D plans keep the official window 7."""
+    windows = []
+    for s, p in zip(size, patch_size):
+        n = s // p
+        windows.append(next(min(w, n) for w in range(max_window, 0, -1)
+                            if math.ceil(n / w) * w <= (1 + max_padding) * n))
+    return windows
 
 
 class SwinUnet(nn.Module):
