@@ -350,8 +350,8 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     report = LoadReport(notes=[f"source: {origin}, embed_dim {config['embed_dim']}, depths {list(config['depths'])}"])
     if model.spatial_dims == 3:
         report.notes.append(
-            f"2D weights inflated along depth (the first axis) for this 3D model: patch kernel over "
-            f"{model.encoder.patch_embed.proj.kernel_size[0]} slices, relative-position tables over "
+            f"2D weights inflated along depth (the first axis) for this 3D model: patch kernel of depth "
+            f"{model.encoder.patch_embed.proj.kernel_size[0]}, relative-position tables over "
             f"{2 * model.encoder.stages[0].blocks[0].attn.window_size[0] - 1} depth offsets, mergings of depth "
             f"strides {[stage.downsample.stride[0] for stage in model.encoder.stages[:-1]]}; a volume constant "
             f"along depth gives the 2D encoder's features on every slice")
