@@ -6,8 +6,9 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
 * One network for 2D and 3D configurations. In 2D it is the paper's (patch 4, three 2x mergings). In 3D
   (3d_fullres, 3d_lowres, 3d_cascade_fullres) the embedding and merging strides per axis come from the
   plan's pooling (``strides_from_pooling(pool_op_kernel_sizes)``), so an axis nnU-Net does not pool (thick
-  slices) is not merged either; ``network_options_3d`` holds the 3D defaults (width, gradient
-  checkpointing). Options merge as: 3D defaults < the plan's strides < the trainer's ``network_options``.
+  slices) is not merged either, and the window is fitted per axis to the first stage (``fit_window_size``);
+  ``network_options_3d`` holds the 3D defaults (width, gradient checkpointing). Options merge as: 3D
+  defaults < what the plan gives < the trainer's ``network_options``.
 * Patch size: the plan's patch is rounded up, per axis, to the network's own multiple (patch embedding x
   the three merge strides: 32 x 32 in 2D, 64 with ``network_options={"patch_size": 8}``; in 3D a divisor
   of nnU-Net's patch, so normally unchanged) in the plans dict inside ``__init__``, *before*
@@ -36,8 +37,8 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
 * The training log states the network derived from the plan: strides, token grid and window per stage,
   parameters, and the activation memory one batch saves for backward (measured with fake tensors).
 * ImageNet initialisation (``imagenet_pretrained = True``) at the start of a fresh training, never in
-  ``build_network_architecture`` (which also runs at inference); a 3D network the loader cannot take stops
-  there with an error naming what works.
+  ``build_network_architecture`` (which also runs at inference); in 3D the loader inflates Swin-T's 2D
+  weights along depth.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_swin.network import NUM_STAGES, SwinUnet, strides_from_pooling
+from nnunet_swin.network import NUM_STAGES, SwinUnet, fit_window_size, strides_from_pooling
 
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
 PRETRAINED_ENV = "NNUNET_SWIN_PRETRAINED"
@@ -259,6 +260,12 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
             kwargs.update(strides_from_pooling(configuration_manager.pool_op_kernel_sizes))
         kwargs.update(cls.network_options)
         kwargs["spatial_dims"] = dims
+        if dims != 2 and "window_size" not in kwargs:
+            # per axis the largest window up to 7 that pads the first stage by at most 10 % (the patch in the
+            # plans is final by the time a network is built from them, so inference gets the same windows)
+            patch = kwargs["patch_size"]
+            kwargs["window_size"] = fit_window_size(configuration_manager.patch_size,
+                                                    [patch] * dims if isinstance(patch, int) else patch)
         return kwargs
 
     @classmethod
@@ -487,8 +494,6 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
             from nnunet_swin.weights import load_pretrained_encoder
         except ImportError as e:  # pragma: no cover - depends on the installed version
             raise RuntimeError(f"{type(self).__name__} needs nnunet_swin.weights ({e}).") from e
-        if net.spatial_dims != 2:
-            self._check_loader_takes_3d(load_pretrained_encoder)
         try:
             self.imagenet_report = load_pretrained_encoder(net, source)
         except (FileNotFoundError, RuntimeError) as e:
@@ -503,22 +508,3 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                 f"Or train from scratch with nnUNetTrainerSwinUnet.") from e
         self.print_to_log_file(f"Swin-Unet: ImageNet weights loaded from {source}: {self.imagenet_report}")
 
-    def _check_loader_takes_3d(self, load_pretrained_encoder) -> None:
-        """Before the weights are looked for: can the loader put 2D Swin-T weights into this 3D network at
-        all? Tried on a fresh copy of the network with a randomly initialised Swin-T of the same layout."""
-        import timm
-
-        swin_t = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
-        probe = self.network_for(self.plans_manager, self.configuration_manager, self.num_input_channels,
-                                 self.label_manager.num_segmentation_heads)
-        try:
-            load_pretrained_encoder(probe, swin_t)
-        except Exception as e:  # whatever the loader stops with, it cannot initialise this network
-            name = type(self).__name__
-            scratch = name.replace("IN1k", "") if "IN1k" in name else "nnUNetTrainerSwinUnet"
-            raise UnsupportedConfigurationError(
-                f"{name} starts from ImageNet Swin-T weights, which are 2D, and nnunet_swin.weights."
-                f"load_pretrained_encoder cannot put them into this 3D network ({type(e).__name__}"
-                f"{f': {e}' if str(e) else ''}). What "
-                f"works: {name} on a 2D configuration (`nnUNetv2_train DATASET 2d FOLD -tr {name}`), or the same "
-                f"network from scratch on {self.configuration_name} (`-tr {scratch}`).") from e

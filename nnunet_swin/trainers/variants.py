@@ -2,7 +2,7 @@
 
 Every class has its own name, hence its own results folder ``<Trainer>__<plans>__<configuration>`` and
 checkpoint identity (nnU-Net keys both by class name). Every one trains 2D and 3D configurations (3D:
-strides from the plan, ``network_options_3d``); the ImageNet family needs a loader that takes the network.
+strides from the plan, ``network_options_3d``; the ImageNet family inflates Swin-T's weights to 3D).
 """
 
 import os
@@ -61,7 +61,7 @@ class nnUNetTrainerSwinUnet_DS(nnUNetTrainerSwinUnet):
 class nnUNetTrainerSwinUnetIN1k(nnUNetTrainerSwinUnet):
     """Encoder (and mirrored decoder) initialised from ImageNet-1k Swin-T at the start of training, from the
     file in $NNUNET_SWIN_PRETRAINED or timm's cache of swin_tiny_patch4_window7_224.ms_in1k. In 3D the
-    width stays Swin-T's (96), which the weights fix."""
+    weights are inflated along depth and the width stays Swin-T's (96), which they fix."""
     imagenet_pretrained = True
     network_options_3d = {**nnUNetTrainerSwinUnet.network_options_3d, "embed_dim": 96}
 

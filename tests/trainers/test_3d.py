@@ -52,7 +52,8 @@ def test_3d_fullres_plan_train_predict_on_anisotropic_volumes(workspace):
         assert "planned patch size [16, 48, 40] is already a multiple of [4, 8, 8] per axis; kept" in output
         assert "3D network for 3d_fullres" in output
         assert "strides of the four stages [[2, 4, 4], [4, 8, 8], [4, 8, 8], [4, 8, 8]]" in output
-        assert "8x12x10 tokens, window 7x7x7" in output and "4x6x5 tokens, window 4x6x5" in output
+        # windows fitted to the 8x12x10 first stage (window 7 would pad it to 14x14x14), then clamped
+        assert "8x12x10 tokens, window 4x6x5" in output and "4x6x5 tokens, window 4x6x5" in output
         assert "of activations saved for backward per batch of 2 in fp32" in output
         folder = workspace.res / name / f"{trainer}__nnUNetPlans__3d_fullres"
         saved = json.loads((folder / "plans.json").read_text())

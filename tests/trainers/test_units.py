@@ -85,13 +85,23 @@ def test_3d_network_options_from_the_plan():
     pm, cm = _managers(_plans(), "3d_fullres")
     kwargs = nnUNetTrainerSwinUnet.network_kwargs(cm)
     assert kwargs == {"num_skips": 3, "upsampling": "patch_expand", **nnUNetTrainerSwinUnet.network_options_3d,
-                      "patch_size": [1, 4, 4], "merge_strides": [[2, 2, 2], [2, 2, 2], [1, 2, 2]], "spatial_dims": 3}
+                      "patch_size": [1, 4, 4], "merge_strides": [[2, 2, 2], [2, 2, 2], [1, 2, 2]], "spatial_dims": 3,
+                      "window_size": [7, 7, 7]}  # a 20x80x64 first stage: window 7 pads each axis by <= 10 %
     assert kwargs["embed_dim"] == 48 and kwargs["gradient_checkpointing"] is True
 
     user = type("User", (nnUNetTrainerSwinUnet,), {"network_options": {"embed_dim": 24, "merge_strides": [2, 2, 2]}})
     kwargs = user.network_kwargs(cm)
     assert kwargs["embed_dim"] == 24 and kwargs["merge_strides"] == [2, 2, 2]  # the user's options win
     assert kwargs["patch_size"] == [1, 4, 4] and kwargs["gradient_checkpointing"] is True  # the rest stays
+
+    # hippocampus-like: isotropic pooling embeds 4x4x4; window 7 would pad a 10x14x10 first stage to 14^3
+    _, hippo = _managers(_plans(patch_3d=(40, 56, 40), pool_3d=[[1, 1, 1]] + [[2, 2, 2]] * 4), "3d_fullres")
+    kwargs = nnUNetTrainerSwinUnet.network_kwargs(hippo)
+    assert kwargs["patch_size"] == [4, 4, 4] and kwargs["window_size"] == [5, 7, 5]
+    own = type("Own", (nnUNetTrainerSwinUnet,), {"network_options": {"window_size": 7, "patch_size": 2}})
+    assert own.network_kwargs(hippo)["window_size"] == 7  # set by the user: not fitted
+    assert type("P", (nnUNetTrainerSwinUnet,), {"network_options": {"patch_size": 2}}).network_kwargs(hippo)[
+        "window_size"] == [7, 7, 7]  # fitted to the user's embedding: a 20x28x20 first stage
 
     _, cm2d = _managers(_plans(), "2d")
     assert nnUNetTrainerSwinUnet.network_kwargs(cm2d) == {"num_skips": 3, "upsampling": "patch_expand",
@@ -400,34 +410,26 @@ def test_memory_estimate_equals_a_real_forward_and_leaves_the_network_usable(che
     assert fake == real > 0
 
 
-def test_imagenet_trainer_in_3d_fails_at_train_start_naming_what_works(results_env, monkeypatch, tmp_path):
-    """If the loader cannot put 2D Swin-T weights into a 3D network, training stops before the weights are
-    even looked for (so no one downloads them in vain); if it can, the usual weight handling follows."""
+def test_imagenet_trainer_in_3d_loads_inflated_swin_t_at_train_start(results_env, monkeypatch, tmp_path):
+    """An IN1k trainer on a 3D plan keeps Swin-T's width, builds without weights (inference), and loads
+    Swin-T inflated along depth when training starts."""
     from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k_0skip
-    from nnunet_swin.weights import load_pretrained_encoder
 
     timm = pytest.importorskip("timm")
     plans = _plans(patch_3d=(8, 64, 64))
     tr = nnUNetTrainerSwinUnetIN1k_0skip(plans, "3d_fullres", 0, {"labels": {"background": 0, "a": 1}},
                                          torch.device("cpu"))
-    tr.num_input_channels = 1
+    assert tr.network_kwargs(tr.configuration_manager)["embed_dim"] == 96
     tr.network = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 2, False)
-    assert tr.network.spatial_dims == 3 and tr.network.encoder.patch_embed.proj.weight.shape[0] == 96  # Swin-T's
-    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
-    swin_t = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
-    try:
-        load_pretrained_encoder(copy.deepcopy(tr.network), swin_t)
-        loader_takes_3d = True
-    except Exception:
-        loader_takes_3d = False
-    with pytest.raises((UnsupportedConfigurationError, RuntimeError)) as err:
-        tr._maybe_load_imagenet()
-    msg = str(err.value)
-    if loader_takes_3d:
-        assert "missing.pth" in msg
-    else:
-        assert isinstance(err.value, UnsupportedConfigurationError) and "missing.pth" not in msg
-        assert "2D configuration" in msg and "-tr nnUNetTrainerSwinUnet_0skip" in msg and "3d_fullres" in msg
+    assert tr.network.spatial_dims == 3 and tr.network.decoder.num_skips == 0
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    path = tmp_path / "swin_t.pth"
+    torch.save(ref.state_dict(), path)
+    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(path))
+    tr._maybe_load_imagenet()
+    assert "encoder.patch_embed.proj.weight" in tr.imagenet_report.adapted  # the 2D kernel spread over depth
+    ours = tr.network.state_dict()
+    assert torch.equal(ours["encoder.stages.1.blocks.0.attn.qkv.weight"], ref.layers[1].blocks[0].attn.qkv.weight)
 
 
 # --- fine-tuning with nnU-Net's -pretrained_weights ---------------------------------------------------
