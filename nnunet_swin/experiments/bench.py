@@ -405,14 +405,14 @@ def bench_eager(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int
     nothing runs), no step is timed: parameters, GMACs and saved activations only."""
     torch.manual_seed(0)
     model = c.build().to(device).train()
-    b = x.shape[0]
-    gmacs = forward_gmacs(model, x[:1])
-    act, total = (n / 2**20 for n in saved_bytes(model, x[:1], c.autocast))
+    b, one = x.shape[0], x[:1].clone()  # a view x[:1] would count the whole batch's input as saved
+    gmacs = forward_gmacs(model, one)
+    act, total = (n / 2**20 for n in saved_bytes(model, one, c.autocast))
     result = BenchResult(name=c.name, params_m=sum(p.numel() for p in model.parameters()) / 1e6, gmacs=gmacs,
                          saved_act_mb_per_img=act, saved_total_mb_per_img=total,
                          saved_act_gb_per_batch=act * b / 1024)
     if launches:
-        result.launches_fp32, result.launches_bf16 = (count_kernel_launches(model, x[:1], dtype)
+        result.launches_fp32, result.launches_bf16 = (count_kernel_launches(model, one, dtype)
                                                       for dtype in (None, torch.bfloat16))
     if not repeats or device.type == "meta":
         return result, model
