@@ -116,8 +116,8 @@ def _check_official_buffer(model: SwinUnet, ours: str, value: torch.Tensor) -> s
         return None
     # attn_mask (nW, N, N) belongs to a square stage of side sqrt(nW) * M
     side = round(value.shape[0] ** 0.5) * round(value.shape[1] ** 0.5)
-    wh, sh = window_geometry(side, block.window_size, block.shifted)
-    expected = attention_mask(side, side, wh, wh, sh, sh, torch.device("cpu"))
+    wh, sh = window_geometry(side, block.window_size[0], block.shifted)
+    expected = attention_mask((side, side), (wh, wh), (sh, sh), torch.device("cpu"))
     if expected is None or expected.shape != value.shape or not torch.equal(expected, value.float().cpu()):
         return f"attn_mask {tuple(value.shape)} is not the shift mask of a {side}x{side} stage at window {block.window_size}"
     return None
@@ -256,10 +256,11 @@ def _to_timm_layout(state_dict: StateDict, model: SwinUnet, config: dict) -> Sta
     from timm.models.swin_transformer import checkpoint_filter_fn
 
     window = model.encoder.stages[0].blocks[0].attn.window_size
-    patch = model.encoder.patch_embed.proj.kernel_size[0]
+    patch = model.encoder.patch_embed.proj.kernel_size
     skeleton = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, device="meta", num_classes=0, **config,
-        window_size=window, patch_size=patch, img_size=patch * 8 * window * 2,  # no stage clamps the window
+        window_size=window, patch_size=patch,
+        img_size=tuple(p * 8 * w * 2 for p, w in zip(patch, window)),  # no stage clamps the window
     )
     microsoft = "layers.0.downsample.reduction.weight" in state_dict
     if not microsoft and "head.fc.weight" not in state_dict:
