@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_swin.experiments.runner import atomic_write
-from nnunet_swin.network import SwinUnet
+from nnunet_swin.network import SwinBlock, SwinUnet, fit_window_size, strides_from_pooling
 
 __all__ = ["BenchResult", "Candidate", "Target", "bench_command", "candidates", "complexity_table",
            "count_kernel_launches", "cpu_targets", "format_table", "nnunet_plain_unet", "run_bench", "saved_bytes",
@@ -45,10 +45,17 @@ OFFICIAL_ROW = "Official Swin-Unet (tests/official_reference.py)"
 SWIN_ROW = "SwinUnet 3 skips"  # the default network, the one the CPU targets are about
 CNN_ROW = "nnU-Net PlainConvUNet (DS)"
 CNN_ROW_3D = "nnU-Net 3D PlainConvUNet (DS)"
-#: The 3D SwinUnet rows, (embed_dim, gradient checkpointing); the first is the trainers' default
-#: (``network_options_3d``), chosen from benchmarks/README.md's 3D figures.
+#: The 3D SwinUnet rows: (embed_dim, gradient checkpointing).
 SWIN_VARIANTS_3D = ((48, False), (48, True), (96, False), (96, True))
-SWIN_ROW_3D = "SwinUnet 3D C48"
+#: The recommended 3D defaults (the trainers' ``network_options_3d``), from benchmarks/README.md's 3D figures.
+SWIN_DEFAULT_3D = {"embed_dim": 48, "gradient_checkpointing": False}
+
+
+def swin_3d_row(embed_dim: int, gradient_checkpointing: bool) -> str:
+    return f"SwinUnet 3D C{embed_dim}" + (" grad checkpointing" if gradient_checkpointing else "")
+
+
+SWIN_ROW_3D = swin_3d_row(**SWIN_DEFAULT_3D)
 
 
 @dataclass
@@ -114,6 +121,14 @@ def nnunet_plan(patch: Sequence[int], spacing: Sequence[float] | None = None) ->
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
 
 
+def swin_plan_options(plan: dict) -> dict:
+    """The 3D SwinUnet's options that follow from a plan: embedding and merging strides from its pooling
+    (``strides_from_pooling``), per-axis windows that do not pad the first stage by more than 10 %
+    (``fit_window_size``)."""
+    strides = strides_from_pooling(plan["architecture"]["arch_kwargs"]["strides"])
+    return {**strides, "window_size": fit_window_size(plan["patch_size"], strides["patch_size"])}
+
+
 def nnunet_plain_unet(patch: Sequence[int], in_channels: int, num_classes: int,
                       spacing: Sequence[float] | None = None) -> nn.Module:
     """nnU-Net's default network for this patch (2D or 3D), built the way nnU-Net builds it from a plan:
@@ -176,30 +191,26 @@ def _candidates_2d(device: str, in_channels: int, num_classes: int, patch: tuple
 def candidates_3d(device: str, in_channels: int, num_classes: int, patch: Sequence[int],
                   spacing: Sequence[float] | None = None) -> list[Candidate]:
     """The 3D comparison at nnU-Net's plan for this patch and spacing (:func:`nnunet_plan`): its 3D
-    PlainConvUNet; the 3D SwinUnet with the embedding and merging strides ``strides_from_pooling`` derives from
-    the same plan's pooling, at embed_dim 48 and 96, each with and without gradient checkpointing (the first,
-    :data:`SWIN_ROW_3D`, is the trainers' default); on CUDA the default and the CNN under bf16 autocast;
-    MONAI's SwinUNETR (feature size 48) on the patch zero-padded up to its multiple of 32 per side (its output
-    cropped back), the padded size in the row's name."""
-    from nnunet_swin.network import strides_from_pooling
-
+    PlainConvUNet; the 3D SwinUnet with :func:`swin_plan_options` of the same plan, at embed_dim 48 and 96,
+    each with and without gradient checkpointing (:data:`SWIN_ROW_3D` is the trainers' default); on CUDA the
+    default and the CNN under bf16 autocast; MONAI's SwinUNETR (feature size 48) on the patch zero-padded up to
+    its multiple of 32 per side (its output cropped back), the padded size in the row's name."""
     plan = nnunet_plan(patch, spacing)
-    strides = strides_from_pooling(plan["architecture"]["arch_kwargs"]["strides"])
+    options = swin_plan_options(plan)
 
     def swin(**kw) -> Callable[[], nn.Module]:
-        return lambda: SwinUnet(in_channels, num_classes, spatial_dims=3, **strides, **kw)
+        return lambda: SwinUnet(in_channels, num_classes, spatial_dims=3, **options, **kw)
 
     def cnn() -> nn.Module:
         return nnunet_plain_unet(plan["patch_size"], in_channels, num_classes, plan["spacing"])
 
     rows = [Candidate(CNN_ROW_3D, cnn, compile=True, reference=True)]
     for dim, checkpointing in SWIN_VARIANTS_3D:
-        name = f"SwinUnet 3D C{dim}" + (" grad checkpointing" if checkpointing else "")
+        name = swin_3d_row(dim, checkpointing)
         rows.append(Candidate(name, swin(embed_dim=dim, gradient_checkpointing=checkpointing),
                               compile=name == SWIN_ROW_3D))
     if device.startswith("cuda"):
-        default = next(r for r in rows if r.name == SWIN_ROW_3D)
-        rows += [Candidate(f"{SWIN_ROW_3D} bf16", default.build, autocast=torch.bfloat16, compile=True),
+        rows += [Candidate(f"{SWIN_ROW_3D} bf16", swin(**SWIN_DEFAULT_3D), autocast=torch.bfloat16, compile=True),
                  Candidate("nnU-Net 3D PlainConvUNet bf16", cnn, autocast=torch.bfloat16, compile=True)]
     padded = [-(-p // 32) * 32 for p in plan["patch_size"]]
     monai = "MONAI SwinUNETR 3D fs48" + ("" if padded == plan["patch_size"] else
@@ -626,20 +637,28 @@ class ComplexityRow:
     ms: float
 
 
-def complexity_table(h: int = 56, w: int = 56, dim: int = 96, heads: int = 3, window: int = 7, batch: int = 1,
-                     device: str = "cpu", repeats: int = 5) -> list[ComplexityRow]:
-    """Swin's complexity argument, measured: Omega(MSA) = 4hwC^2 + 2(hw)^2C against
-    Omega(W-MSA) = 4hwC^2 + 2M^2hwC, next to FLOPs counted by torch and timed runs of one Swin block's
-    attention at this stage (a global window is a window as large as the stage)."""
-    from nnunet_swin.network import SwinBlock
-
+def complexity_table(size: Sequence[int] = (56, 56), dim: int = 96, heads: int = 3, window: int | Sequence[int] = 7,
+                     batch: int = 1, device: str = "cpu", repeats: int = 5,
+                     max_global_tokens: int = 8192) -> list[ComplexityRow]:
+    """Swin's complexity argument, measured, at a stage of ``size`` tokens (2D or 3D; ``window`` per axis):
+    Omega(MSA) = 4NC^2 + 2N^2C against Omega(W-MSA) = 4N'C^2 + 2MN'C (N tokens, N' of them after padding
+    to whole windows, M tokens per window), next to FLOPs counted by torch and timed runs of one Swin block's
+    attention (a global window is one as large as the stage). Global attention over more than
+    ``max_global_tokens`` tokens (a 3D stage: its N x N relative-position index and scores take gigabytes) is
+    only given by the formula (NaN counted and time)."""
     dev = torch.device(device)
-    x = torch.randn(batch, h, w, dim, device=dev)
+    sizes = tuple(size)
+    windows = (window,) * len(sizes) if isinstance(window, int) else tuple(window)
+    x = torch.randn(batch, *sizes, dim, device=dev)
     rows = []
-    for name, win, shifted in (("global MSA", max(h, w), False), ("W-MSA", window, False), ("SW-MSA", window, True)):
+    for name, win, shifted in (("global MSA", sizes, False), ("W-MSA", windows, False), ("SW-MSA", windows, True)):
+        clamped = [min(w, s) for w, s in zip(win, sizes)]
+        padded = math.prod(-(-s // w) * w for s, w in zip(sizes, clamped))
+        formula = (4 * padded * dim**2 + 2 * padded * math.prod(clamped) * dim) * batch / 1e9
+        if name == "global MSA" and math.prod(sizes) > max_global_tokens:
+            rows.append(ComplexityRow(name, formula, math.nan, math.nan))
+            continue
         block = SwinBlock(dim, heads, win, shifted).to(dev).eval()
-        m = min(win, h) * min(win, w)
-        formula = 4 * h * w * dim**2 + 2 * (h * w) * m * dim
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             block._attend(x)
         with torch.no_grad():
@@ -651,15 +670,15 @@ def complexity_table(h: int = 56, w: int = 56, dim: int = 96, heads: int = 3, wi
                 block._attend(x)
                 _sync(dev)
                 times.append(time.perf_counter() - t0)
-        rows.append(ComplexityRow(name, formula * batch / 1e9, counter.get_total_flops() / 2 / 1e9,
-                                  statistics.median(times) * 1e3))
+        rows.append(ComplexityRow(name, formula, counter.get_total_flops() / 2 / 1e9, statistics.median(times) * 1e3))
     return rows
 
 
-def format_complexity(rows: list[ComplexityRow], h: int, w: int, dim: int, window: int) -> str:
-    lines = [f"One stage: {h}x{w} tokens, C={dim}, M={window}",
+def format_complexity(rows: list[ComplexityRow], size: Sequence[int], dim: int, window: Sequence[int]) -> str:
+    lines = [f"One stage: {'x'.join(map(str, size))} tokens, C={dim}, M={'x'.join(map(str, window))}",
              "| attention | formula GMACs | counted GMACs | ms |", "|---|---|---|---|"]
-    lines += [f"| {r.attention} | {r.formula_gmacs:.3f} | {r.counted_gmacs:.3f} | {r.ms:.1f} |" for r in rows]
+    lines += [f"| {r.attention} | {r.formula_gmacs:.3f} | " + ("too large to run (formula only) | - |"
+              if math.isnan(r.ms) else f"{r.counted_gmacs:.3f} | {r.ms:.1f} |") for r in rows]
     return "\n".join(lines)
 
 
@@ -696,10 +715,14 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
         size = plan["patch_size"]
         meta.update(patch=size, requested_patch=list(patch), spacing=plan["spacing"],
                     pool_op_kernel_sizes=plan["architecture"]["arch_kwargs"]["strides"])
-    if complexity:
-        h, w = size[0] // 4, size[1] // 4
-        rows = complexity_table(h, w, device=device, batch=batch)
-        print(format_complexity(rows, h, w, 96, 7))
+    if complexity:  # the first stage: 2D the paper's (C 96, window 7), 3D the default 3D SwinUnet's
+        dim, window, stride = 96, (7, 7), (4, 4)
+        if three_d:
+            options = swin_plan_options(plan)
+            dim, window, stride = SWIN_DEFAULT_3D["embed_dim"], options["window_size"], options["patch_size"]
+        grid = [s // st for s, st in zip(size, stride)]
+        rows = complexity_table(grid, dim, window=window, device=device, batch=batch)
+        print(format_complexity(rows, grid, dim, window))
         if out:
             atomic_write(out + "_complexity.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                                 indent=1))
