@@ -1,5 +1,5 @@
 """Side-by-side speed and memory of SwinUnet, nnU-Net's default 2D CNN, the official Swin-Unet and MONAI's
-SwinUNETR.
+SwinUNETR; with a 3D patch, of the 3D SwinUnet, nnU-Net's 3D CNN and MONAI's 3D SwinUNETR at nnU-Net's plan.
 
 Everything runs in one process on one device so the ratios are fair: the same threads, the same
 allocator, the same input. Times are medians over repeats after warm-up (with min and max), CPU
@@ -8,6 +8,8 @@ unique storage saved for backward in one forward of one image, and peak memory i
 allocated or, on the CPU, the process's peak RSS since the model's first step. Kernel launches are
 the operations one steady training step sends to the device (``count_kernel_launches``); with
 compile on, a row also gets ``torch.compile(model)``'s cold compile time and its steady step time.
+In 3D no launches are counted and no inference is timed; ``repeats`` 0 or the meta device measure parameters,
+GMACs and saved activations only (the large 3D plans take minutes a step on a CPU).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from nnunet_swin.experiments.runner import atomic_write
 from nnunet_swin.network import SwinBlock, SwinUnet, fit_window_size, strides_from_pooling
 
-__all__ = ["BenchResult", "Candidate", "Target", "bench_command", "candidates", "complexity_table",
-           "count_kernel_launches", "cpu_targets", "format_table", "nnunet_plain_unet", "run_bench", "saved_bytes",
-           "write_results"]
+__all__ = ["COLUMNS_3D", "BenchResult", "Candidate", "PadToMultiple", "Target", "bench_command", "candidates",
+           "candidates_3d", "complexity_table", "count_kernel_launches", "cpu_targets", "format_table",
+           "nnunet_plain_unet", "nnunet_plan", "run_bench", "saved_bytes", "swin_plan_options", "write_results"]
 
 # The official architecture, re-implemented from the paper as the tests' oracle. It lives in the
 # repository's tests (not in the installed package), so its bench row exists only in a checkout.
@@ -47,8 +49,9 @@ CNN_ROW = "nnU-Net PlainConvUNet (DS)"
 CNN_ROW_3D = "nnU-Net 3D PlainConvUNet (DS)"
 #: The 3D SwinUnet rows: (embed_dim, gradient checkpointing).
 SWIN_VARIANTS_3D = ((48, False), (48, True), (96, False), (96, True))
-#: The recommended 3D defaults (the trainers' ``network_options_3d``), from benchmarks/README.md's 3D figures.
-SWIN_DEFAULT_3D = {"embed_dim": 48, "gradient_checkpointing": False}
+#: The recommended 3D defaults (the trainers' ``network_options_3d``), from benchmarks/README.md's 3D figures:
+#: without checkpointing neither width saves less for backward than nnU-Net's CNN at the prostate-like plan.
+SWIN_DEFAULT_3D = {"embed_dim": 48, "gradient_checkpointing": True}
 
 
 def swin_3d_row(embed_dim: int, gradient_checkpointing: bool) -> str:
