@@ -75,14 +75,22 @@ def _add_ext_trainer_dir(sub) -> None:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="side-by-side speed, memory, kernel launches and torch.compile: SwinUnet "
-                                     "variants, nnU-Net's 2D CNN, the official Swin-Unet, MONAI SwinUNETR")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--patch", type=int, nargs="+", default=[224], metavar="N", help="H [W] (default 224)")
+                                     "variants, nnU-Net's 2D or 3D CNN, the official Swin-Unet, MONAI SwinUNETR")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or meta (default cpu; meta: shapes only, no memory used and no step timed: "
+                        "parameters, GMACs and saved activations)")
+    p.add_argument("--patch", type=int, nargs="+", default=[224], metavar="N",
+                   help="H [W] for 2D (default 224); D H W for 3D at nnU-Net's plan for that patch, e.g. 40 56 40")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SD", "SH", "SW"),
+                   help="3D only: the voxel spacing nnU-Net plans the CNN's pooling (and SwinUnet's strides) for "
+                        "(default 1 1 1), e.g. 3.6 0.62 0.62 for a prostate-like plan")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=6,
+                   help="timed training steps per row (default 6); 0: none, only parameters, GMACs and saved "
+                        "activations (for 3D patches too slow to train on this machine)")
     p.add_argument("--only", nargs="+", metavar="TEXT", help="only rows whose name contains one of these "
                                                              "(the nnU-Net CNN row is always kept)")
     p.add_argument("--skip", nargs="+", metavar="TEXT", help="leave out rows whose name contains one of these, "
@@ -105,7 +113,7 @@ def _add_bench(sub) -> None:
 
         return bench_command(args.device, tuple(args.patch), args.batch, args.in_channels, args.classes,
                              args.warmup, args.repeats, args.only, args.compile, args.threads, args.out,
-                             args.png, args.complexity, args.skip, args.official)
+                             args.png, args.complexity, args.skip, args.official, args.spacing)
 
     p.set_defaults(func=run)
 

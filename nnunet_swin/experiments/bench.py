@@ -1,5 +1,5 @@
 """Side-by-side speed and memory of SwinUnet, nnU-Net's default 2D CNN, the official Swin-Unet and MONAI's
-SwinUNETR.
+SwinUNETR; with a 3D patch, of the 3D SwinUnet, nnU-Net's 3D CNN and MONAI's 3D SwinUNETR at nnU-Net's plan.
 
 Everything runs in one process on one device so the ratios are fair: the same threads, the same
 allocator, the same input. Times are medians over repeats after warm-up (with min and max), CPU
@@ -8,6 +8,8 @@ unique storage saved for backward in one forward of one image, and peak memory i
 allocated or, on the CPU, the process's peak RSS since the model's first step. Kernel launches are
 the operations one steady training step sends to the device (``count_kernel_launches``); with
 compile on, a row also gets ``torch.compile(model)``'s cold compile time and its steady step time.
+In 3D no launches are counted and no inference is timed; ``repeats`` 0 or the meta device measure parameters,
+GMACs and saved activations only (the large 3D plans take minutes a step on a CPU).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,11 +32,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_swin.experiments.runner import atomic_write
-from nnunet_swin.network import SwinUnet
+from nnunet_swin.network import SwinBlock, SwinUnet, fit_window_size, strides_from_pooling
 
-__all__ = ["BenchResult", "Candidate", "Target", "bench_command", "candidates", "complexity_table",
-           "count_kernel_launches", "cpu_targets", "format_table", "nnunet_plain_unet", "run_bench", "saved_bytes",
-           "write_results"]
+__all__ = ["COLUMNS_3D", "BenchResult", "Candidate", "PadToMultiple", "Target", "bench_command", "candidates",
+           "candidates_3d", "complexity_table", "count_kernel_launches", "cpu_targets", "format_table",
+           "nnunet_plain_unet", "nnunet_plan", "run_bench", "saved_bytes", "swin_plan_options", "write_results"]
 
 # The official architecture, re-implemented from the paper as the tests' oracle. It lives in the
 # repository's tests (not in the installed package), so its bench row exists only in a checkout.
@@ -44,6 +46,19 @@ OFFICIAL_REFERENCE = (_CHECKOUT / "tests" / "official_reference.py" if (_CHECKOU
 OFFICIAL_ROW = "Official Swin-Unet (tests/official_reference.py)"
 SWIN_ROW = "SwinUnet 3 skips"  # the default network, the one the CPU targets are about
 CNN_ROW = "nnU-Net PlainConvUNet (DS)"
+CNN_ROW_3D = "nnU-Net 3D PlainConvUNet (DS)"
+#: The 3D SwinUnet rows: (embed_dim, gradient checkpointing).
+SWIN_VARIANTS_3D = ((48, False), (48, True), (96, False), (96, True))
+#: The recommended 3D defaults (the trainers' ``network_options_3d``), from benchmarks/README.md's 3D figures:
+#: without checkpointing neither width saves less for backward than nnU-Net's CNN at the prostate-like plan.
+SWIN_DEFAULT_3D = {"embed_dim": 48, "gradient_checkpointing": True}
+
+
+def swin_3d_row(embed_dim: int, gradient_checkpointing: bool) -> str:
+    return f"SwinUnet 3D C{embed_dim}" + (" grad checkpointing" if gradient_checkpointing else "")
+
+
+SWIN_ROW_3D = swin_3d_row(**SWIN_DEFAULT_3D)
 
 
 @dataclass
@@ -60,15 +75,15 @@ class BenchResult:
     name: str
     params_m: float
     gmacs: float  # forward multiply-adds per image (FLOPs / 2)
-    train_ms_per_img: float
-    train_ms_min: float
-    train_ms_max: float
-    train_cpu_s_per_step: float
-    infer_ms_per_img: float
-    saved_act_mb_per_img: float
-    saved_total_mb_per_img: float  # parameters included, as the reference notes count "saved act."
-    peak_mb: float
-    tflops: float  # achieved fwd+bwd TFLOP/s (3x forward FLOPs)
+    train_ms_per_img: float = math.nan  # NaN: not measured
+    train_ms_min: float = math.nan
+    train_ms_max: float = math.nan
+    train_cpu_s_per_step: float = math.nan
+    infer_ms_per_img: float = math.nan
+    saved_act_mb_per_img: float = math.nan
+    saved_total_mb_per_img: float = math.nan  # parameters included, as the reference notes count "saved act."
+    peak_mb: float = math.nan
+    tflops: float = math.nan  # achieved fwd+bwd TFLOP/s (3x forward FLOPs)
     rel_time: float = math.nan  # train time / reference train time
     rel_act: float = math.nan
     launches_fp32: float = math.nan  # kernel-launching ops per training step (count_kernel_launches)
@@ -76,42 +91,87 @@ class BenchResult:
     compile_s: float = math.nan  # first torch.compile'd training step minus a steady compiled step
     compiled_ms_per_img: float = math.nan  # steady torch.compile'd training step
     compiled_peak_mb: float = math.nan
+    saved_act_gb_per_batch: float = math.nan  # saved_act_mb_per_img times the batch
+    train_s_per_step: float = math.nan  # median wall seconds of one training step of the whole batch
     error: str = ""
     extra: dict = field(default_factory=dict)
 
 
-def nnunet_plain_unet(patch: tuple[int, int], in_channels: int, num_classes: int) -> nn.Module:
-    """nnU-Net's default 2D network for this patch, built the way nnU-Net builds it from a plan: the
-    planner's topology function and ``get_network_from_plans`` with the default plan's kwargs."""
+def nnunet_plan(patch: Sequence[int], spacing: Sequence[float] | None = None) -> dict:
+    """The configuration nnU-Net's default ExperimentPlanner writes for this patch and spacing (isotropic 1 if
+    not given), as in plans.json: ``patch_size`` (the planner pads it to its pooling's multiple),
+    ``spacing`` and ``architecture`` (PlainConvUNet's class and kwargs: ``get_pool_and_conv_props`` gives the
+    per-axis pooling and kernels; 32 features doubling per stage up to 512 in 2D and 320 in 3D, two convs per
+    stage, instance norm, LeakyReLU: the planner's constants). 2D and 3D from the number of patch sides."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    dims = len(patch)
+    spacing = [float(s) for s in spacing] if spacing is not None else [1.0] * dims
+    if dims not in (2, 3) or len(spacing) != dims:
+        raise ValueError(f"a plan needs 2 or 3 patch sides and as many spacings, got patch {list(patch)} and "
+                         f"spacing {spacing}: give e.g. --patch 40 56 40 --spacing 1 1 1")
+    _, strides, kernels, planned, _ = get_pool_and_conv_props(spacing, list(patch), 4, 999999)
+    n = len(strides)
+    return {"patch_size": [int(p) for p in planned], "spacing": spacing, "architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": dict(
+            n_stages=n, features_per_stage=[min(32 * 2**i, 512 if dims == 2 else 320) for i in range(n)],
+            conv_op=f"torch.nn.modules.conv.Conv{dims}d", kernel_sizes=[list(k) for k in kernels],
+            strides=[list(s) for s in strides], n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1),
+            conv_bias=True, norm_op=f"torch.nn.modules.instancenorm.InstanceNorm{dims}d",
+            norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
+            nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True}),
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+
+
+def swin_plan_options(plan: dict) -> dict:
+    """The 3D SwinUnet's options that follow from a plan: embedding and merging strides from its pooling
+    (``strides_from_pooling``), per-axis windows that do not pad the first stage by more than 10 %
+    (``fit_window_size``)."""
+    strides = strides_from_pooling(plan["architecture"]["arch_kwargs"]["strides"])
+    return {**strides, "window_size": fit_window_size(plan["patch_size"], strides["patch_size"])}
+
+
+def nnunet_plain_unet(patch: Sequence[int], in_channels: int, num_classes: int,
+                      spacing: Sequence[float] | None = None) -> nn.Module:
+    """nnU-Net's default network for this patch (2D or 3D), built the way nnU-Net builds it from a plan:
+    :func:`nnunet_plan`'s architecture through ``get_network_from_plans``, deep supervision on."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    _, strides, kernels, _, _ = get_pool_and_conv_props((1.0, 1.0), patch, 4, 999999)
-    n = len(strides)
-    kwargs = dict(
-        n_stages=n, features_per_stage=[min(32 * 2**i, 512) for i in range(n)],
-        conv_op="torch.nn.modules.conv.Conv2d", kernel_sizes=[list(k) for k in kernels],
-        strides=[list(s) for s in strides], n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1),
-        conv_bias=True, norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None, dropout_op_kwargs=None,
-        nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True},
-    )
-    return get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet", kwargs,
-                                  ["conv_op", "norm_op", "dropout_op", "nonlin"], in_channels, num_classes,
-                                  deep_supervision=True)
+    arch = nnunet_plan(patch, spacing)["architecture"]
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                  in_channels, num_classes, deep_supervision=True)
 
 
-def candidates(device: str, in_channels: int, num_classes: int, patch: tuple[int, int],
+def candidates(device: str, in_channels: int, num_classes: int, patch: Sequence[int],
                include: Iterable[str] | None = None, compile_on_cpu: bool = False,
-               exclude: Iterable[str] | None = None, official: str | Path | None = OFFICIAL_REFERENCE
-               ) -> list[Candidate]:
-    """The default comparison: SwinUnet per skip count and attention path, with checkpointing, and on
-    CUDA with bf16 autocast; nnU-Net's CNN; the official Swin-Unet (when ``official``, the reference
-    implementation's file, exists and the patch is square); MONAI's SwinUNETR in 2D. The CNN and the default
-    SwinUnet (and on CUDA their bf16 rows) also measure torch.compile: on CUDA always, on the CPU with
-    ``compile_on_cpu``. ``include`` / ``exclude``: keep only / drop the rows whose name contains one of these
-    (the CNN row always stays); excluding "compile" keeps the rows but measures no compiled step."""
+               exclude: Iterable[str] | None = None, official: str | Path | None = OFFICIAL_REFERENCE,
+               spacing: Sequence[float] | None = None) -> list[Candidate]:
+    """The default comparison. 2D (two patch sides): SwinUnet per skip count and attention path, with
+    checkpointing, and on CUDA with bf16 autocast; nnU-Net's CNN; the official Swin-Unet (when ``official``,
+    the reference implementation's file, exists and the patch is square); MONAI's SwinUNETR in 2D. 3D (three
+    sides): :func:`candidates_3d`. The CNN and the default SwinUnet (and on CUDA their bf16 rows) also measure
+    torch.compile: on CUDA always, on the CPU with ``compile_on_cpu``. ``include`` / ``exclude``: keep only /
+    drop the rows whose name contains one of these (the CNN row always stays); excluding "compile" keeps the
+    rows but measures no compiled step."""
+    if len(patch) == 3:
+        rows = candidates_3d(device, in_channels, num_classes, patch, spacing)
+    else:
+        rows = _candidates_2d(device, in_channels, num_classes, (patch[0], patch[-1]), official)
+    if include:
+        wanted = [w.lower() for w in include]
+        rows = [r for r in rows if r.reference or any(w in r.name.lower() for w in wanted)]
+    unwanted = [w.lower() for w in exclude or ()]
+    if unwanted:
+        rows = [r for r in rows if r.reference or not any(w in r.name.lower() for w in unwanted)]
+    if "compile" in unwanted or not (device.startswith("cuda") or compile_on_cpu):
+        for r in rows:
+            r.compile = False
+    return rows
 
+
+def _candidates_2d(device: str, in_channels: int, num_classes: int, patch: tuple[int, int],
+                   official: str | Path | None) -> list[Candidate]:
     def swin(**kw) -> Callable[[], nn.Module]:
         return lambda: SwinUnet(in_channels, num_classes, **kw)
 
@@ -127,16 +187,38 @@ def candidates(device: str, in_channels: int, num_classes: int, patch: tuple[int
                  Candidate("nnU-Net PlainConvUNet bf16", cnn, autocast=torch.bfloat16, compile=True)]
     if official is not None and Path(official).is_file() and patch[0] == patch[1]:
         rows.append(Candidate(OFFICIAL_ROW, _official_builder(Path(official), patch[0], in_channels, num_classes)))
-    rows.append(Candidate("MONAI SwinUNETR 2D fs48", lambda: _monai_swinunetr(in_channels, num_classes)))
-    if include:
-        wanted = [w.lower() for w in include]
-        rows = [r for r in rows if r.reference or any(w in r.name.lower() for w in wanted)]
-    unwanted = [w.lower() for w in exclude or ()]
-    if unwanted:
-        rows = [r for r in rows if r.reference or not any(w in r.name.lower() for w in unwanted)]
-    if "compile" in unwanted or not (device.startswith("cuda") or compile_on_cpu):
-        for r in rows:
-            r.compile = False
+    rows.append(Candidate("MONAI SwinUNETR 2D fs48", lambda: _monai_swinunetr(in_channels, num_classes, 2)))
+    return rows
+
+
+def candidates_3d(device: str, in_channels: int, num_classes: int, patch: Sequence[int],
+                  spacing: Sequence[float] | None = None) -> list[Candidate]:
+    """The 3D comparison at nnU-Net's plan for this patch and spacing (:func:`nnunet_plan`): its 3D
+    PlainConvUNet; the 3D SwinUnet with :func:`swin_plan_options` of the same plan, at embed_dim 48 and 96,
+    each with and without gradient checkpointing (:data:`SWIN_ROW_3D` is the trainers' default); on CUDA the
+    default and the CNN under bf16 autocast; MONAI's SwinUNETR (feature size 48) on the patch zero-padded up to
+    its multiple of 32 per side (its output cropped back), the padded size in the row's name."""
+    plan = nnunet_plan(patch, spacing)
+    options = swin_plan_options(plan)
+
+    def swin(**kw) -> Callable[[], nn.Module]:
+        return lambda: SwinUnet(in_channels, num_classes, spatial_dims=3, **options, **kw)
+
+    def cnn() -> nn.Module:
+        return nnunet_plain_unet(plan["patch_size"], in_channels, num_classes, plan["spacing"])
+
+    rows = [Candidate(CNN_ROW_3D, cnn, compile=True, reference=True)]
+    for dim, checkpointing in SWIN_VARIANTS_3D:
+        name = swin_3d_row(dim, checkpointing)
+        rows.append(Candidate(name, swin(embed_dim=dim, gradient_checkpointing=checkpointing),
+                              compile=name == SWIN_ROW_3D))
+    if device.startswith("cuda"):
+        rows += [Candidate(f"{SWIN_ROW_3D} bf16", swin(**SWIN_DEFAULT_3D), autocast=torch.bfloat16, compile=True),
+                 Candidate("nnU-Net 3D PlainConvUNet bf16", cnn, autocast=torch.bfloat16, compile=True)]
+    padded = [-(-p // 32) * 32 for p in plan["patch_size"]]
+    monai = "MONAI SwinUNETR 3D fs48" + ("" if padded == plan["patch_size"] else
+                                          f" (patch padded to {'x'.join(map(str, padded))})")
+    rows.append(Candidate(monai, lambda: PadToMultiple(_monai_swinunetr(in_channels, num_classes, 3), 32)))
     return rows
 
 
@@ -152,10 +234,26 @@ def _official_builder(path: Path, size: int, in_channels: int, num_classes: int)
     return build
 
 
-def _monai_swinunetr(in_channels: int, num_classes: int) -> nn.Module:
+def _monai_swinunetr(in_channels: int, num_classes: int, spatial_dims: int) -> nn.Module:
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(in_channels=in_channels, out_channels=num_classes, feature_size=48, spatial_dims=2)
+    return SwinUNETR(in_channels=in_channels, out_channels=num_classes, feature_size=48, spatial_dims=spatial_dims)
+
+
+class PadToMultiple(nn.Module):
+    """``net`` on its input zero-padded at the end of every spatial axis up to a multiple of ``multiple``,
+    its output cropped back: how a network that needs every side divisible by 32 (MONAI's SwinUNETR) takes
+    nnU-Net's patch, and what that costs."""
+
+    def __init__(self, net: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = x.shape[2:]
+        pad = [n for s in reversed(sizes) for n in (0, -s % self.multiple)]
+        out = self.net(nn.functional.pad(x, pad) if any(pad) else x)
+        return out[(..., *(slice(0, s) for s in sizes))]
 
 
 def _loss(out) -> torch.Tensor:
@@ -221,18 +319,24 @@ def forward_gmacs(model: nn.Module, x: torch.Tensor) -> float:
 def saved_bytes(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> tuple[int, int]:
     """Unique storage bytes kept for backward by one forward: activations only, and including the
     parameters that backward also holds on to (how ../shared/reference counts "saved act.")."""
-    seen: dict[tuple, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
-        seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+        seen[_storage_id(storage)] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device, autocast):
         out = model(x)
     del out
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(n for (ptr, _), n in seen.items() if ptr not in params), sum(seen.values())
+    params = {_storage_id(p.untyped_storage()) for p in model.parameters()}
+    return sum(n for key, n in seen.items() if key not in params), sum(seen.values())
+
+
+def _storage_id(storage: torch.UntypedStorage) -> int:
+    """The storage's own identity (its C++ object), shared by all views of it: unlike the data pointer it also
+    tells storages apart on the meta device, where every data pointer is 0."""
+    return storage._cdata
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -308,38 +412,44 @@ def compiled_step(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | Non
     return first[0] - step, step, peak
 
 
-def bench_eager(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int,
-                repeats: int) -> tuple[BenchResult, nn.Module]:
-    """A row's eager figures, and its model (for the compiled measurement)."""
+def bench_eager(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, repeats: int,
+                launches: bool = True, inference: bool = True) -> tuple[BenchResult, nn.Module]:
+    """A row's eager figures, and its model (for the compiled measurement). ``launches`` / ``inference``:
+    count the kernel launches / time inference too. With ``repeats`` 0, or on the meta device (shapes only,
+    nothing runs), no step is timed: parameters, GMACs and saved activations only."""
     torch.manual_seed(0)
     model = c.build().to(device).train()
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    gmacs = forward_gmacs(model, x[:1])
-    act, total = (n / 2**20 for n in saved_bytes(model, x[:1], c.autocast))
-    launches = [count_kernel_launches(model, x[:1], dtype) for dtype in (None, torch.bfloat16)]
+    b, one = x.shape[0], x[:1].clone()  # a view x[:1] would count the whole batch's input as saved
+    gmacs = forward_gmacs(model, one)
+    act, total = (n / 2**20 for n in saved_bytes(model, one, c.autocast))
+    result = BenchResult(name=c.name, params_m=sum(p.numel() for p in model.parameters()) / 1e6, gmacs=gmacs,
+                         saved_act_mb_per_img=act, saved_total_mb_per_img=total,
+                         saved_act_gb_per_batch=act * b / 1024)
+    if launches:
+        result.launches_fp32, result.launches_bf16 = (count_kernel_launches(model, one, dtype)
+                                                      for dtype in (None, torch.bfloat16))
+    if not repeats or device.type == "meta":
+        return result, model
     baseline = _reset_peak(device)
     _timed_steps(model, model, x, c.autocast, warmup)
     wall, cpu = _timed_steps(model, model, x, c.autocast, repeats)
-    peak = _peak(device, baseline)
-    infer = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            with _autocast(device, c.autocast):
-                model(x)
-            _sync(device)
-            if i >= warmup:
-                infer.append(time.perf_counter() - t0)
-    b = x.shape[0]
+    result.peak_mb = _peak(device, baseline)
     step = statistics.median(wall)
-    result = BenchResult(
-        name=c.name, params_m=params, gmacs=gmacs, train_ms_per_img=step / b * 1e3,
-        train_ms_min=min(wall) / b * 1e3, train_ms_max=max(wall) / b * 1e3,
-        train_cpu_s_per_step=statistics.median(cpu), infer_ms_per_img=statistics.median(infer) / b * 1e3,
-        saved_act_mb_per_img=act, saved_total_mb_per_img=total, peak_mb=peak, tflops=3 * 2 * gmacs * b / step / 1e3,
-        launches_fp32=launches[0], launches_bf16=launches[1],
-    )
+    result.train_s_per_step, result.train_ms_per_img = step, step / b * 1e3
+    result.train_ms_min, result.train_ms_max = min(wall) / b * 1e3, max(wall) / b * 1e3
+    result.train_cpu_s_per_step, result.tflops = statistics.median(cpu), 3 * 2 * gmacs * b / step / 1e3
+    if inference:
+        infer = []
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                with _autocast(device, c.autocast):
+                    model(x)
+                _sync(device)
+                if i >= warmup:
+                    infer.append(time.perf_counter() - t0)
+        result.infer_ms_per_img = statistics.median(infer) / b * 1e3
     return result, model
 
 
@@ -361,28 +471,35 @@ def bench_one(c: Candidate, device: torch.device, x: torch.Tensor, warmup: int, 
     return result
 
 
-def run_bench(device: str = "cpu", patch: tuple[int, int] = (224, 224), batch: int = 4, in_channels: int = 1,
+def run_bench(device: str = "cpu", patch: Sequence[int] = (224, 224), batch: int = 4, in_channels: int = 1,
               num_classes: int = 9, warmup: int = 2, repeats: int = 6, include: Iterable[str] | None = None,
               compile_on_cpu: bool = False, log: Callable[[str], None] = print,
               exclude: Iterable[str] | None = None, official: str | Path | None = OFFICIAL_REFERENCE,
-              on_result: Callable[[list[BenchResult]], None] | None = None) -> list[BenchResult]:
+              on_result: Callable[[list[BenchResult]], None] | None = None,
+              spacing: Sequence[float] | None = None) -> list[BenchResult]:
     """Every candidate row eager, then the compiled measurements (the nnU-Net CNN's last: its compile does
     not depend on this package). ``on_result`` gets the results so far after each measurement (to write
-    them, so a run cut short by a time limit still leaves what it finished)."""
+    them, so a run cut short by a time limit still leaves what it finished). A 3D ``patch`` runs at nnU-Net's
+    plan for it and ``spacing`` (the patch padded to the plan's multiple, if it is not one) and counts no
+    kernel launches and times no inference; ``repeats`` 0 or the meta device: no timed steps (see
+    :func:`bench_eager`)."""
     dev = torch.device(device)
+    three_d = len(patch) == 3
+    if three_d:
+        patch = nnunet_plan(patch, spacing)["patch_size"]
     x = torch.randn(batch, in_channels, *patch, device=dev)
     results: list[BenchResult] = []
-    rows = candidates(device, in_channels, num_classes, patch, include, compile_on_cpu, exclude, official)
+    rows = candidates(device, in_channels, num_classes, patch, include, compile_on_cpu, exclude, official, spacing)
     models: dict[int, nn.Module] = {}
     ref = None
     for i, c in enumerate(rows):
         log(f"  measuring {c.name} ...")
         try:
-            r, model = bench_eager(c, dev, x, warmup, repeats)
-            if c.compile:
+            r, model = bench_eager(c, dev, x, warmup, repeats, launches=not three_d, inference=not three_d)
+            if c.compile and repeats and dev.type != "meta":
                 models[i] = model
         except Exception as e:  # one failing candidate must not lose the others
-            r = BenchResult(c.name, *([math.nan] * 11), error=f"{type(e).__name__}: {e}"[:300])
+            r = BenchResult(c.name, math.nan, math.nan, error=f"{type(e).__name__}: {e}"[:300])
         if c.reference:
             ref = r
         if ref is not None:
@@ -445,18 +562,28 @@ _COLUMNS = [("name", "model", "{}"), ("params_m", "params M", "{:.2f}"), ("gmacs
             ("compiled_ms_per_img", "compiled ms/img", "{:.3g}"), ("compiled_peak_mb", "compiled peak MB", "{:.0f}")]
 
 
-def format_table(results: list[BenchResult]) -> str:
-    """A Markdown table (readable in a terminal too); "-" where a figure was not measured (no compile)."""
-    head = "| " + " | ".join(h for _, h, _ in _COLUMNS) + " |"
-    lines = [head, "|" + "---|" * len(_COLUMNS)]
+#: 3D: per step of the whole batch (a 3D batch is a few large patches), no launches or inference.
+COLUMNS_3D = [("name", "model", "{}"), ("params_m", "params M", "{:.2f}"), ("gmacs", "GMACs/img", "{:.1f}"),
+              ("saved_act_mb_per_img", "act MB/img", "{:.0f}"), ("saved_act_gb_per_batch", "act GB/batch", "{:.2f}"),
+              ("rel_act", "act vs CNN", "{:.2f}x"), ("train_s_per_step", "train s/step", "{:.3g}"),
+              ("train_cpu_s_per_step", "CPU s/step", "{:.3g}"), ("peak_mb", "peak MB", "{:.0f}"),
+              ("rel_time", "time vs CNN", "{:.2f}x"), ("compile_s", "compile s", "{:.1f}"),
+              ("compiled_ms_per_img", "compiled ms/img", "{:.3g}")]
+
+
+def format_table(results: list[BenchResult], columns: list[tuple[str, str, str]] = _COLUMNS) -> str:
+    """A Markdown table (readable in a terminal too); "-" where a figure was not measured (no compile, no
+    timed steps)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    lines = [head, "|" + "---|" * len(columns)]
     for r in results:
-        if math.isnan(r.train_ms_per_img):
+        if math.isnan(r.params_m):
             lines.append(f"| {r.name} | failed: {r.error} |")
             continue
         cells = ["-" if isinstance(v, float) and math.isnan(v) else fmt.format(v)
-                 for v, fmt in ((getattr(r, k), fmt) for k, _, fmt in _COLUMNS)]
+                 for v, fmt in ((getattr(r, k), fmt) for k, _, fmt in columns)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"{r.name}: {r.error}" for r in results if r.error and not math.isnan(r.train_ms_per_img)]
+    lines += [f"{r.name}: {r.error}" for r in results if r.error and not math.isnan(r.params_m)]
     return "\n".join(lines)
 
 
@@ -513,20 +640,28 @@ class ComplexityRow:
     ms: float
 
 
-def complexity_table(h: int = 56, w: int = 56, dim: int = 96, heads: int = 3, window: int = 7, batch: int = 1,
-                     device: str = "cpu", repeats: int = 5) -> list[ComplexityRow]:
-    """Swin's complexity argument, measured: Omega(MSA) = 4hwC^2 + 2(hw)^2C against
-    Omega(W-MSA) = 4hwC^2 + 2M^2hwC, next to FLOPs counted by torch and timed runs of one Swin block's
-    attention at this stage (a global window is a window as large as the stage)."""
-    from nnunet_swin.network import SwinBlock
-
+def complexity_table(size: Sequence[int] = (56, 56), dim: int = 96, heads: int = 3, window: int | Sequence[int] = 7,
+                     batch: int = 1, device: str = "cpu", repeats: int = 5,
+                     max_global_tokens: int = 8192) -> list[ComplexityRow]:
+    """Swin's complexity argument, measured, at a stage of ``size`` tokens (2D or 3D; ``window`` per axis):
+    Omega(MSA) = 4NC^2 + 2N^2C against Omega(W-MSA) = 4N'C^2 + 2MN'C (N tokens, N' of them after padding
+    to whole windows, M tokens per window), next to FLOPs counted by torch and timed runs of one Swin block's
+    attention (a global window is one as large as the stage). Global attention over more than
+    ``max_global_tokens`` tokens (a 3D stage: its N x N relative-position index and scores take gigabytes) is
+    only given by the formula (NaN counted and time)."""
     dev = torch.device(device)
-    x = torch.randn(batch, h, w, dim, device=dev)
+    sizes = tuple(size)
+    windows = (window,) * len(sizes) if isinstance(window, int) else tuple(window)
+    x = torch.randn(batch, *sizes, dim, device=dev)
     rows = []
-    for name, win, shifted in (("global MSA", max(h, w), False), ("W-MSA", window, False), ("SW-MSA", window, True)):
+    for name, win, shifted in (("global MSA", sizes, False), ("W-MSA", windows, False), ("SW-MSA", windows, True)):
+        clamped = [min(w, s) for w, s in zip(win, sizes)]
+        padded = math.prod(-(-s // w) * w for s, w in zip(sizes, clamped))
+        formula = (4 * padded * dim**2 + 2 * padded * math.prod(clamped) * dim) * batch / 1e9
+        if name == "global MSA" and math.prod(sizes) > max_global_tokens:
+            rows.append(ComplexityRow(name, formula, math.nan, math.nan))
+            continue
         block = SwinBlock(dim, heads, win, shifted).to(dev).eval()
-        m = min(win, h) * min(win, w)
-        formula = 4 * h * w * dim**2 + 2 * (h * w) * m * dim
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             block._attend(x)
         with torch.no_grad():
@@ -538,15 +673,15 @@ def complexity_table(h: int = 56, w: int = 56, dim: int = 96, heads: int = 3, wi
                 block._attend(x)
                 _sync(dev)
                 times.append(time.perf_counter() - t0)
-        rows.append(ComplexityRow(name, formula * batch / 1e9, counter.get_total_flops() / 2 / 1e9,
-                                  statistics.median(times) * 1e3))
+        rows.append(ComplexityRow(name, formula, counter.get_total_flops() / 2 / 1e9, statistics.median(times) * 1e3))
     return rows
 
 
-def format_complexity(rows: list[ComplexityRow], h: int, w: int, dim: int, window: int) -> str:
-    lines = [f"One stage: {h}x{w} tokens, C={dim}, M={window}",
+def format_complexity(rows: list[ComplexityRow], size: Sequence[int], dim: int, window: Sequence[int]) -> str:
+    lines = [f"One stage: {'x'.join(map(str, size))} tokens, C={dim}, M={'x'.join(map(str, window))}",
              "| attention | formula GMACs | counted GMACs | ms |", "|---|---|---|---|"]
-    lines += [f"| {r.attention} | {r.formula_gmacs:.3f} | {r.counted_gmacs:.3f} | {r.ms:.1f} |" for r in rows]
+    lines += [f"| {r.attention} | {r.formula_gmacs:.3f} | " + ("too large to run (formula only) | - |"
+              if math.isnan(r.ms) else f"{r.counted_gmacs:.3f} | {r.ms:.1f} |") for r in rows]
     return "\n".join(lines)
 
 
@@ -554,48 +689,86 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
                   num_classes: int = 9, warmup: int = 2, repeats: int = 6, only: list[str] | None = None,
                   compile_on_cpu: bool = False, threads: int | None = None, out: str | None = None,
                   png: bool = False, complexity: bool = False, skip: list[str] | None = None,
-                  official: str | None = None) -> int:
+                  official: str | None = None, spacing: list[float] | None = None) -> int:
     """What ``nnunet-swin bench`` does: print the side-by-side table (or the complexity table), on the CPU
-    the targets, and write CSV/JSON (and a PNG) next to ``out``, the CSV/JSON after every row."""
+    in 2D the targets, and write CSV/JSON (and a PNG) next to ``out``, the CSV/JSON after every row. Three
+    patch sides: the 3D comparison at nnU-Net's plan for the patch and ``spacing``."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda was asked for but torch sees no CUDA device; use --device cpu")
         return 2
+    three_d = len(patch) == 3
+    if len(patch) > 3 or (spacing is not None and not three_d):
+        print(f"error: --patch {' '.join(map(str, patch))}" + (f" --spacing {' '.join(map(str, spacing))}"
+                                                                if spacing is not None else "") +
+              ": give one or two patch sides for 2D (no spacing), or three for 3D with an optional spacing of "
+              "three values, e.g. --patch 20 320 256 --spacing 3.6 0.62 0.62")
+        return 2
     if threads:
         torch.set_num_threads(threads)
-    hw = (patch[0], patch[-1])
-    meta = dict(device=device, patch=list(hw), batch=batch, threads=torch.get_num_threads(), torch=torch.__version__,
+    size = [patch[0], patch[-1]]
+    meta = dict(device=device, patch=size, batch=batch, threads=torch.get_num_threads(), torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"), card=torch.cuda.get_device_name() if device.startswith("cuda") else
                 _cpu_name())
-    if complexity:
-        h, w = hw[0] // 4, hw[1] // 4
-        rows = complexity_table(h, w, device=device, batch=batch)
-        print(format_complexity(rows, h, w, 96, 7))
+    if three_d:
+        try:
+            plan = nnunet_plan(patch, spacing)
+        except ValueError as e:
+            print(f"error: {e}")
+            return 2
+        size = plan["patch_size"]
+        meta.update(patch=size, requested_patch=list(patch), spacing=plan["spacing"],
+                    pool_op_kernel_sizes=plan["architecture"]["arch_kwargs"]["strides"])
+    if complexity:  # the first stage: 2D the paper's (C 96, window 7), 3D the default 3D SwinUnet's
+        dim, window, stride = 96, (7, 7), (4, 4)
+        if three_d:
+            options = swin_plan_options(plan)
+            dim, window, stride = SWIN_DEFAULT_3D["embed_dim"], options["window_size"], options["patch_size"]
+        grid = [s // st for s, st in zip(size, stride)]
+        rows = complexity_table(grid, dim, window=window, device=device, batch=batch)
+        print(format_complexity(rows, grid, dim, window))
         if out:
             atomic_write(out + "_complexity.json", json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                                 indent=1))
         return 0
-    print(f"nnunet-swin bench: patch {hw[0]}x{hw[1]}, batch {batch}, {device} ({meta['card']}), "
-          f"{meta['threads']} threads, fp32 unless marked; median of {repeats} steps after {warmup} warm-up")
+    timed = repeats > 0 and device != "meta"
+    if three_d:
+        asked = "" if size == list(patch) else f" (asked {'x'.join(map(str, patch))}, padded to the plan's multiple)"
+        print(f"nnunet-swin bench 3D: patch {'x'.join(map(str, size))}{asked}, nnU-Net's plan at spacing "
+              f"{meta['spacing']} pools {meta['pool_op_kernel_sizes'][1:]}; batch {batch}, {device} ({meta['card']}), "
+              f"{meta['threads']} threads, fp32 unless marked; " +
+              (f"median of {repeats} steps after {warmup} warm-up" if timed else
+               "no timed steps: parameters, GMACs and saved activations only"))
+    else:
+        print(f"nnunet-swin bench: patch {size[0]}x{size[1]}, batch {batch}, {device} ({meta['card']}), "
+              f"{meta['threads']} threads, fp32 unless marked; median of {repeats} steps after {warmup} warm-up")
     if official is not None and not Path(official).is_file():
         print(f"error: --official {official}: no such file; give the path of tests/official_reference.py "
               "in a checkout of nnunet_swin")
         return 2
-    on_cpu = device == "cpu"
+    with_targets = device == "cpu" and not three_d
 
     def save(results: list[BenchResult], with_png: bool = False) -> list[str]:
-        targets = cpu_targets(results) if on_cpu else None
+        targets = cpu_targets(results) if with_targets else None
         return write_results(results, out, meta, with_png, targets) if out else []
 
-    results = run_bench(device, hw, batch, in_channels, num_classes, warmup, repeats, only, compile_on_cpu,
-                        exclude=skip, official=official or OFFICIAL_REFERENCE, on_result=save)
-    print(format_table(results))
-    print("train = forward + loss + backward + zero_grad (no optimizer step); act = unique storage saved for "
-          "backward by one image (act+weights also counts the parameters backward holds, as the reference "
-          "notes do); peak = CUDA max allocated or CPU peak RSS growth; with gradient checkpointing act counts "
-          "only what the checkpoints keep; launches = kernel-launching ops of one training step, aliasing views "
-          "not counted (count_kernel_launches); compile s = first torch.compile'd step minus a steady one, cold "
-          "cache.")
-    if on_cpu:
+    results = run_bench(device, size, batch, in_channels, num_classes, warmup, repeats, only, compile_on_cpu,
+                        exclude=skip, official=official or OFFICIAL_REFERENCE, on_result=save, spacing=spacing)
+    if three_d:
+        print(format_table(results, COLUMNS_3D))
+        print("act = unique storage saved for backward by one forward of one patch (with gradient checkpointing "
+              "only what the checkpoints keep), act GB/batch = that times the batch; GMACs = forward "
+              "multiply-adds per patch (torch's FLOP counter); train = forward + loss + backward + zero_grad of "
+              "the whole batch (no optimizer step); peak = CUDA max allocated or CPU peak RSS growth; MONAI's "
+              "row runs on the patch zero-padded to multiples of 32 and is charged for it.")
+    else:
+        print(format_table(results))
+        print("train = forward + loss + backward + zero_grad (no optimizer step); act = unique storage saved for "
+              "backward by one image (act+weights also counts the parameters backward holds, as the reference "
+              "notes do); peak = CUDA max allocated or CPU peak RSS growth; with gradient checkpointing act "
+              "counts only what the checkpoints keep; launches = kernel-launching ops of one training step, "
+              "aliasing views not counted (count_kernel_launches); compile s = first torch.compile'd step minus "
+              "a steady one, cold cache.")
+    if with_targets:
         print(format_targets(cpu_targets(results)))
     if out:
         for path in save(results, png):

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from nnunet_swin.cli import main
-from nnunet_swin.experiments.bench import (CNN_ROW, OFFICIAL_ROW, SWIN_ROW, BenchResult, Candidate, bench_one,
-                                           candidates, complexity_table, count_kernel_launches, cpu_targets,
-                                           forward_gmacs, format_table, nnunet_plain_unet, run_bench, saved_bytes)
+from nnunet_swin.experiments.bench import (CNN_ROW, CNN_ROW_3D, OFFICIAL_ROW, SWIN_ROW, SWIN_ROW_3D, BenchResult,
+                                           Candidate, PadToMultiple, bench_one, candidates, complexity_table,
+                                           count_kernel_launches, cpu_targets, forward_gmacs, format_table,
+                                           nnunet_plain_unet, nnunet_plan, run_bench, saved_bytes,
+                                           swin_plan_options)
 from nnunet_swin import SwinUnet
 
 
@@ -124,10 +126,20 @@ def test_saved_activation_memory_of_the_default_model():
 
 
 def test_complexity_formulas_match_counted_flops():
-    rows = {r.attention: r for r in complexity_table(28, 28, dim=32, heads=1, window=7, repeats=1)}
+    rows = {r.attention: r for r in complexity_table((28, 28), dim=32, heads=1, window=7, repeats=1)}
     for name in ("global MSA", "W-MSA", "SW-MSA"):
         assert rows[name].counted_gmacs == pytest.approx(rows[name].formula_gmacs, rel=1e-6)
     assert rows["global MSA"].formula_gmacs > 2 * rows["W-MSA"].formula_gmacs
+
+
+def test_complexity_of_a_3d_stage():
+    """Per-axis windows that do not tile the stage: the formula counts the padded tokens the block computes."""
+    rows = {r.attention: r for r in complexity_table((4, 10, 6), dim=16, heads=2, window=(2, 5, 4), repeats=1)}
+    for name in ("global MSA", "W-MSA", "SW-MSA"):
+        assert rows[name].counted_gmacs == pytest.approx(rows[name].formula_gmacs, rel=1e-6) and rows[name].ms > 0
+    assert rows["W-MSA"].formula_gmacs == pytest.approx((4 * 320 * 16**2 + 2 * 320 * 40 * 16) / 1e9)  # 4x10x8
+    too_large = complexity_table((4, 10, 6), dim=16, heads=2, window=(2, 5, 4), repeats=1, max_global_tokens=100)
+    assert math.isnan(too_large[0].counted_gmacs) and too_large[0].formula_gmacs == rows["global MSA"].formula_gmacs
 
 
 def test_cli_prints_the_table_and_writes_files(tmp_path, capsys):
@@ -166,3 +178,82 @@ def test_swin_unet_training_step_kernel_launches():
     x = torch.randn(1, 1, 224, 224)
     counts = [count_kernel_launches(SwinUnet(1, 2, embed_dim=24), x, dtype) for dtype in (None, torch.bfloat16)]
     assert counts[0] <= 850 and counts[1] <= 990, counts
+
+
+def _params_m(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_3d_bench_at_an_anisotropic_plan():
+    """Three patch sides: nnU-Net's 3D CNN from the planner's topology at this spacing (thick slices: the first
+    pooling in-plane only), the 3D SwinUnet with the strides of the same plan; parameters are the networks' own,
+    GMACs and saved activations positive, a step timed; no kernel launches counted in 3D. The meta device gives
+    the same counts without running anything."""
+    patch, spacing = (8, 32, 32), (3.0, 1.0, 1.0)
+    plan = nnunet_plan(patch, spacing)
+    assert plan["architecture"]["arch_kwargs"]["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
+    # the embedding takes the first two poolings, the first merging the third; a 4x8x8 first stage: windows 4
+    options = dict(patch_size=[2, 4, 4], merge_strides=[[1, 2, 2], [1, 1, 1], [1, 1, 1]], window_size=[4, 4, 4])
+    assert swin_plan_options(plan) == options
+    kw = dict(batch=2, in_channels=1, num_classes=3, warmup=0, include=["C48"], spacing=spacing,
+              log=lambda s: None)
+    results = run_bench("cpu", patch, repeats=1, **kw)
+    assert [r.name for r in results] == [CNN_ROW_3D, "SwinUnet 3D C48", "SwinUnet 3D C48 grad checkpointing"]
+    assert not any(r.error for r in results)
+    cnn, swin, ckpt = results
+    cnn_net = nnunet_plain_unet(patch, 1, 3, spacing)
+    assert isinstance(cnn_net.encoder.stages[0][0].convs[0].conv, nn.Conv3d)
+    assert cnn.params_m == pytest.approx(_params_m(cnn_net))
+    swin_net = SwinUnet(1, 3, spatial_dims=3, **options, embed_dim=48)
+    assert swin.params_m == pytest.approx(_params_m(swin_net)) == pytest.approx(ckpt.params_m)
+    assert cnn.rel_act == 1.0 and swin.rel_act == pytest.approx(swin.saved_act_mb_per_img / cnn.saved_act_mb_per_img)
+    for r in results:
+        assert r.gmacs > 0 and r.saved_act_mb_per_img > 0 and r.train_s_per_step > 0 and r.train_cpu_s_per_step > 0
+        assert r.saved_act_gb_per_batch == pytest.approx(r.saved_act_mb_per_img * 2 / 1024)
+        assert math.isnan(r.launches_fp32) and math.isnan(r.infer_ms_per_img)
+    assert ckpt.gmacs == pytest.approx(swin.gmacs) and ckpt.saved_act_mb_per_img < swin.saved_act_mb_per_img / 2
+    # the meta device (SwinUnet's forward asks torch whether autocast is on there, which raises: the CNN only)
+    (on_meta,) = run_bench("meta", patch, repeats=1, **{**kw, "include": ["no such row"]})
+    assert (on_meta.params_m, on_meta.gmacs, on_meta.saved_act_mb_per_img) == pytest.approx(
+        (cnn.params_m, cnn.gmacs, cnn.saved_act_mb_per_img))
+    assert math.isnan(on_meta.train_s_per_step) and not on_meta.error
+
+
+def test_3d_rows_monai_padding_and_cuda_rows():
+    """MONAI's SwinUNETR needs sides divisible by 32: its row runs on the padded patch and says so; on CUDA
+    the default 3D SwinUnet and the CNN get bf16 rows, and they measure torch.compile."""
+    names = [c.name for c in candidates("cpu", 1, 3, (40, 56, 40))]
+    assert names[0] == CNN_ROW_3D and SWIN_ROW_3D in names
+    assert names[-1] == "MONAI SwinUNETR 3D fs48 (patch padded to 64x64x64)"
+    assert candidates("cpu", 1, 3, (64, 32, 96))[-1].name == "MONAI SwinUNETR 3D fs48"
+    cuda = candidates("cuda", 1, 3, (40, 56, 40), include=["bf16"])
+    assert [c.name for c in cuda] == [CNN_ROW_3D, f"{SWIN_ROW_3D} bf16", "nnU-Net 3D PlainConvUNet bf16"]
+    assert all(c.compile for c in cuda)
+    seen = []
+    inner = nn.Conv3d(1, 2, 1)
+    inner.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    x = torch.randn(1, 1, 40, 56, 40)
+    out = PadToMultiple(inner, 32)(x)
+    assert seen == [(1, 1, 64, 64, 64)] and out.shape == (1, 2, 40, 56, 40)
+    assert torch.allclose(out, inner(x), atol=1e-6)  # a 1x1x1 conv: the padding does not reach real voxels
+
+
+def test_cli_3d_memory_only_run(tmp_path, capsys):
+    out = tmp_path / "bench3d"
+    assert main(["bench", "--patch", "8", "32", "32", "--spacing", "3", "1", "1", "--batch", "2", "--repeats", "0",
+                 "--classes", "3", "--only", "C48", "--skip", "checkpointing", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bench 3D: patch 8x32x32" in printed and "no timed steps" in printed and "act GB/batch" in printed
+    assert "target:" not in printed  # issue 10's CPU targets are about the 2D model
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [r["name"] for r in rows] == [CNN_ROW_3D, "SwinUnet 3D C48"]
+    assert float(rows[1]["saved_act_gb_per_batch"]) > 0 and rows[1]["train_s_per_step"] == "nan"
+    meta = json.load(open(f"{out}.json"))["meta"]
+    assert meta["patch"] == [8, 32, 32] and meta["spacing"] == [3.0, 1.0, 1.0]
+    assert meta["pool_op_kernel_sizes"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]]
+
+
+def test_cli_refuses_a_spacing_without_a_3d_patch(capsys):
+    assert main(["bench", "--patch", "64", "--spacing", "1", "1", "1"]) == 2
+    assert "three for 3D" in capsys.readouterr().out
+    assert main(["bench", "--patch", "8", "8", "8", "8"]) == 2
