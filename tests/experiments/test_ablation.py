@@ -451,6 +451,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
     assert rc == 0, lines
     rows = {(int(r["skips"]), r["case"], r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
     assert len(rows) == 2 * 6 * 2
+    assert {r["configuration"] for r in rows.values()} == {"2d"}  # no table row without its configuration
     # PNG: nnU-Net reads no spacing (uses 1), so distances are in pixels and every column says so
     assert "hd95_mm" not in open(os.path.join(out, "per_case.csv")).readline()
     assert "hd95_mm" not in open(os.path.join(out, "summary.csv")).readline()
@@ -469,6 +470,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
 
     summary = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "summary.csv"))}
     assert set(summary) == {(k, lab) for k in (0, 3) for lab in ("a", "b", "mean")}
+    assert {r["configuration"] for r in summary.values()} == {"2d"}
     s0a = summary[(0, "a")]
     dices = [float(rows[(0, c, "a")]["dice"]) for c in ("c1", "c2", "c3", "c4", "c5", "c6")]
     assert float(s0a["dice_mean_shared"]) == pytest.approx(np.mean(dices), abs=1e-5)
@@ -482,6 +484,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
     assert summary[(3, "a")]["dice_wilcoxon_p_vs_ref"] == ""  # the reference itself
     assert summary[(0, "b")]["dice_n_shared"] == "1"  # only c3 has a defined Dice for b
     md = open(os.path.join(out, "summary.md")).read()
+    assert md.startswith("# Skip-connection ablation: Dataset555_Fake, 2d\n")
     assert "image diagonal" in md and "rises monotonically" in md
     assert "| HD95 px | NSD@1 px |" in md and "are in pixels" in md and "HD95 mm" not in md
     assert "| 0 | a | 6 |" in md and " † | 5 (6) |" in md  # 5 non-zero pairs cannot reach p < 0.05
@@ -533,6 +536,38 @@ def test_default_out_and_pattern_checks(tmp_path):
                                                     ("nnUNetTrainerSwinUnet_3skip", "0"),
                                                     ("nnUNetTrainerSwinUnet_0skip", "1"),
                                                     ("nnUNetTrainerSwinUnet_3skip", "1")]
+
+
+def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_path):
+    """-c 3d_fullres goes into every nnUNetv2_train command, the SLURM array and its aggregation, and the
+    default report folder; a configuration the plans lack, or a data set not planned, is refused before any
+    work, naming what is planned."""
+    env = {"nnUNet_results": str(tmp_path / "res"), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    root = os.path.join(env["nnUNet_preprocessed"], "Dataset042_Foo")
+    os.makedirs(root)
+    common = dict(folds=[0], skips=[0, 3], device="cpu", environ=env)
+    with pytest.raises(ValueError, match="Dataset042_Foo has no plans nnUNetPlans in nnUNet_preprocessed.*"
+                                         "nnUNetv2_plan_and_preprocess -d 42 -c 3d_fullres"):
+        ablation.run_ablation("42", "3d_fullres", dry_run=True, echo=lambda m: None, **common)
+    json.dump({"configurations": {"2d": {}, "3d_fullres": {}}}, open(os.path.join(root, "nnUNetPlans.json"), "w"))
+    with pytest.raises(ValueError, match="Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; "
+                                         "they have 2d, 3d_fullres"):
+        ablation.run_ablation("42", "3d_lowres", dry_run=True, echo=lambda m: None, **common)
+    lines = []
+    assert ablation.run_ablation("42", "3d_fullres", dry_run=True, echo=lines.append, **common) == 0
+    assert lines == [f"nnUNetv2_train Dataset042_Foo 3d_fullres 0 -tr nnUNetTrainerSwinUnet_{k}skip -p nnUNetPlans "
+                     "--npz -device cpu" for k in (0, 3)]
+    script = str(tmp_path / "abl.sh")
+    assert ablation.run_ablation("42", "3d_fullres", slurm=script, echo=lines.append, **common) == 0
+    text = open(script).read()
+    assert "--dataset Dataset042_Foo --configuration 3d_fullres --fold 0 --trainer nnUNetTrainerSwinUnet_3skip" in text
+    aggregation = text.split("NNUNET_AGGREGATE")[1]
+    assert "-c 3d_fullres" in aggregation
+    assert os.path.join(env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__3d_fullres") in aggregation
+    proc = subprocess.run([sys.executable, SCRIPT, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
+                          text=True, env={**os.environ, **env, "PYTHONPATH": REPO}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "ablate-skips: error: Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; they have 2d, 3d_fullres")
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -642,3 +677,7 @@ def test_a_narrower_rerun_keeps_the_whole_study_in_the_report(tmp_path):
     assert "for skips 0, 3, folds 0" in open(os.path.join(out, "summary.md")).read()
     with pytest.raises(ValueError, match="holds a study of trainer Fake_0skip for 0 skips.*its own --out"):
         ablation.run_ablation(ds, skips=[0], echo=lambda m: None, **dict(common, trainer_pattern="Other_{k}skip"))
+    # a 3D study never writes its report over a 2D one
+    with pytest.raises(ValueError, match="holds a study of Dataset555_Fake 2d \\(plans nnUNetPlans\\), not "
+                                         "Dataset555_Fake 3d_fullres .*its own --out"):
+        ablation.run_ablation(ds, "3d_fullres", skips=[0], echo=lambda m: None, **common)
