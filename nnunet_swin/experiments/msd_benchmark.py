@@ -19,11 +19,12 @@ Each covers the runs of this call and every run earlier calls recorded in ``<out
 (:func:`study_tasks`), so a narrower rerun (fewer tasks, trainers or folds) never shrinks a leaderboard.
 
 Models: ``--trainers`` entries ``TRAINER[:CONFIGURATION[:PLANS]]`` run on every ``--configurations`` entry
-unless pinned. Without ``--trainers``: on 2D configurations Swin-Unet with 0-3 skips and nnU-Net's CNN, on
-3D ones the default Swin-Unet (3 skips) and nnU-Net's CNN. Without ``--configurations``: ``2d`` and, for each
-task whose plans have it (nnU-Net plans it for 3D images), ``3d_fullres``; a configuration asked for by
-name that a task's plans lack is an error naming the planned ones (the task is skipped). ``--resenc M|L|XL``
-adds ``nnUNetTrainer`` with that residual-encoder preset on every configuration. Every row of every table
+(default ``2d``) unless pinned. The default models (no ``--trainers``): on 2D configurations Swin-Unet with
+0-3 skips and nnU-Net's CNN, on 3D ones the default Swin-Unet (3 skips) and nnU-Net's CNN; without
+``--configurations`` they run on ``2d`` and, for each task whose plans have it (nnU-Net plans it for 3D
+images), on ``3d_fullres``. A configuration named in ``--configurations`` that a task's plans lack is an
+error naming the planned ones (the task is skipped). ``--resenc M|L|XL`` adds ``nnUNetTrainer`` with that
+residual-encoder preset on the same configurations. Every row of every table
 names its configuration; 2D and 3D models meet only in nnU-Net's ``find_best_configuration`` (its
 ensembles may combine them).
 
@@ -91,6 +92,7 @@ DEFAULT_TRAINERS = ("nnUNetTrainerSwinUnet_0skip", "nnUNetTrainerSwinUnet_1skip"
                     "nnUNetTrainerSwinUnet_3skip", "nnUNetTrainer")
 #: ... and on a 3D one (one Swin-Unet: a 3D training costs many 2D ones).
 DEFAULT_3D_TRAINERS = ("nnUNetTrainerSwinUnet", "nnUNetTrainer")
+#: Configurations of the default models; of named trainers: 2d.
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres")
 #: Default configurations trained only for tasks whose plans have them (nnU-Net plans 3d_fullres for 3D images).
 IF_PLANNED = frozenset({"3d_fullres"})
@@ -126,7 +128,8 @@ def parse_trainer_spec(spec: str) -> tuple[str, str | None, str | None]:
 def build_models(trainers: Sequence[str] | None = None, configurations: Sequence[str] | None = None,
                  resenc: Sequence[str] = ()) -> list[Model]:
     """The models to train, in order, without duplicates (None: the defaults, see the module's docstring)."""
-    configurations = list(configurations or DEFAULT_CONFIGURATIONS)
+    if configurations is None:
+        configurations = DEFAULT_CONFIGURATIONS if trainers is None else ("2d",)
     models: list[Model] = []
     if trainers is None:
         for c in configurations:
@@ -732,8 +735,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{' '.join(DEFAULT_3D_TRAINERS)})")
     p.add_argument("--configurations", nargs="+", default=None,
                    help="nnU-Net configurations, e.g. 2d 3d_fullres; one a task's plans lack skips the task with "
-                        "an error naming the planned ones (default: 2d, and 3d_fullres for tasks whose plans "
-                        "have it)")
+                        "an error naming the planned ones (default: 2d; for the default models also 3d_fullres, "
+                        "for tasks whose plans have it)")
     p.add_argument("--resenc", nargs="*", default=[], choices=sorted(RESENC_PRESETS),
                    help="also nnUNetTrainer with these residual-encoder presets (nnU-Net Revisited)")
     p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS))

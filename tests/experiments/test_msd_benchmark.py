@@ -95,8 +95,7 @@ def bench(tmp_path_factory):
     broken = os.path.join(downloads, "Task98_Broken")
     os.makedirs(os.path.join(broken, "imagesTr"))
     out = os.path.join(root, "out")
-    common = ["--trainers", *TRAINERS, "--configurations", "2d", "--folds", "0", "--device", "cpu", "-np", "1",
-              "--out", out]
+    common = ["--trainers", *TRAINERS, "--folds", "0", "--device", "cpu", "-np", "1", "--out", out]
     first = _run([downloads, *common], env)
     plans = os.path.join(env["nnUNet_preprocessed"], DATASET, "nnUNetPlans.json")
     plans_mtime = os.path.getmtime(plans) if os.path.exists(plans) else None
@@ -216,10 +215,13 @@ def test_default_models_put_the_skip_study_on_2d_and_one_swin_unet_next_to_the_c
                            Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "3d_fullres")]
     assert mb.plans_to_prepare(with_resenc) == {"nnUNetPlans": ["2d", "3d_fullres"],
                                                 "nnUNetResEncUNetMPlans": ["2d", "3d_fullres"]}
-    # named trainers run on every configuration, Swin-Unet in 3D too, unless pinned
+    # named trainers run on every configuration (default 2d), Swin-Unet in 3D too, unless pinned
     assert mb.build_models(["nnUNetTrainerSwinUnet_1skip", "X:2d"], ["2d", "3d_fullres"]) == [
         Model("nnUNetTrainerSwinUnet_1skip", "nnUNetPlans", "2d"),
         Model("nnUNetTrainerSwinUnet_1skip", "nnUNetPlans", "3d_fullres"), Model("X", "nnUNetPlans", "2d")]
+    assert mb.build_models(["A", "B:3d_fullres"], None, ["L"]) == [
+        Model("A", "nnUNetPlans", "2d"), Model("B", "nnUNetPlans", "3d_fullres"),
+        Model("nnUNetTrainer", "nnUNetResEncUNetLPlans", "2d")]
 
 
 def _planned(env: dict, configurations: dict, dataset: str = DATASET, cases: int = 2) -> None:
