@@ -90,6 +90,14 @@ def _no_temp_files(folder: str) -> bool:
     return not [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
+def _plan_and_preprocess(env: dict, dataset_id: int, configuration: str) -> None:
+    """nnU-Net's own plan_and_preprocess, one process, without the (slow) integrity check."""
+    plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
+    proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+                 "plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", configuration, "-np", "1"], plan_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 # --- the shared tiny nnU-Net set-up and trained ablation ----------------------------------------------
 @pytest.fixture(scope="module")
 def nnunet_root(tmp_path_factory):
@@ -101,10 +109,7 @@ def nnunet_root(tmp_path_factory):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         os.makedirs(env[var], exist_ok=True)
     write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "AblTiny", num_train=8, num_test=0, shape=(64, 64), seed=1)
-    plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
-    proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
-                 "plan_and_preprocess_entry as m; m()", "-d", str(DATASET_ID), "-c", "2d", "-np", "1"], plan_env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _plan_and_preprocess(env, DATASET_ID, "2d")
     cases = sorted(n[: -len(".png")] for n in os.listdir(os.path.join(env["nnUNet_raw"], DATASET, "labelsTr")))
     splits = [{"train": cases[4:], "val": cases[:4]}, {"train": cases[:4], "val": cases[4:]}]
     with open(os.path.join(env["nnUNet_preprocessed"], DATASET, "splits_final.json"), "w") as f:
