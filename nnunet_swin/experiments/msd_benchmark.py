@@ -24,9 +24,8 @@ Models: ``--trainers`` entries ``TRAINER[:CONFIGURATION[:PLANS]]`` run on every 
 ``--configurations`` they run on ``2d`` and, for each task whose plans have it (nnU-Net plans it for 3D
 images), on ``3d_fullres``. A configuration named in ``--configurations`` that a task's plans lack is an
 error naming the planned ones (the task is skipped). ``--resenc M|L|XL`` adds ``nnUNetTrainer`` with that
-residual-encoder preset on the same configurations. Every row of every table
-names its configuration; 2D and 3D models meet only in nnU-Net's ``find_best_configuration`` (its
-ensembles may combine them).
+residual-encoder preset on the same configurations. Every row of every table names its configuration; 2D
+and 3D models meet only in nnU-Net's ``find_best_configuration`` (its ensembles may combine them).
 
 Only the standard library is imported at module level.
 """
@@ -147,9 +146,10 @@ def build_models(trainers: Sequence[str] | None = None, configurations: Sequence
     return list(dict.fromkeys(models))
 
 
-def if_planned(configurations: Sequence[str] | None) -> frozenset[str]:
-    """Configurations trained only where planned: the default ones; none when the user named them."""
-    return frozenset() if configurations else IF_PLANNED
+def if_planned(trainers: Sequence[str] | None, configurations: Sequence[str] | None) -> frozenset[str]:
+    """Configurations trained only where planned: those of the default models; none that the user named
+    (in --configurations or pinned to a trainer): for those a task's plans must have them."""
+    return IF_PLANNED if trainers is None and configurations is None else frozenset()
 
 
 def planned_models(dataset: str, models: Sequence[Model], optional: frozenset[str], environ,
@@ -563,7 +563,7 @@ class Options:
     paths: Sequence[str]
     tasks: Sequence[int] | None = None
     trainers: Sequence[str] | None = None  # None: the default models (module docstring)
-    configurations: Sequence[str] | None = None  # None: 2d, and 3d_fullres where planned
+    configurations: Sequence[str] | None = None  # None: 2d (the default models: also 3d_fullres where planned)
     resenc: Sequence[str] = ()
     folds: Sequence[str] = DEFAULT_FOLDS
     device: str = "cuda"
@@ -643,7 +643,7 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
     environ = dict(os.environ if environ is None else environ)
     folds = list(dict.fromkeys(str(f) for f in o.folds))
     models = build_models(o.trainers, o.configurations, o.resenc)
-    optional = if_planned(o.configurations)
+    optional = if_planned(o.trainers, o.configurations)
     plans_to_prepare(models)  # unknown plans are a set-up error, before any work
     out_dir = os.path.abspath(o.out or default_out_dir(environ))
     log_dir = os.path.join(out_dir, "logs")

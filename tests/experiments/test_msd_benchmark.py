@@ -204,12 +204,13 @@ def test_default_models_put_the_skip_study_on_2d_and_one_swin_unet_next_to_the_c
     cnn2d, cnn3d = Model("nnUNetTrainer", "nnUNetPlans", "2d"), Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres")
     swin3d = Model("nnUNetTrainerSwinUnet", "nnUNetPlans", "3d_fullres")
     assert mb.build_models() == [*swin2d, cnn2d, swin3d, cnn3d]
-    assert mb.if_planned(None) == {"3d_fullres"}  # the default 3D models: only where nnU-Net plans 3d_fullres
+    assert mb.if_planned(None, None) == {"3d_fullres"}  # the default 3D models: only where nnU-Net plans 3d_fullres
     assert mb.build_models(None, ["2d"]) == [*swin2d, cnn2d]
     assert mb.build_models(None, ["3d_fullres", "3d_lowres"]) == [
         swin3d, cnn3d, Model("nnUNetTrainerSwinUnet", "nnUNetPlans", "3d_lowres"),
         Model("nnUNetTrainer", "nnUNetPlans", "3d_lowres")]
-    assert mb.if_planned(["2d", "3d_fullres"]) == frozenset()  # named: an error where not planned
+    assert mb.if_planned(None, ["2d", "3d_fullres"]) == frozenset()  # named: an error where not planned
+    assert mb.if_planned(["A:3d_fullres"], None) == frozenset()
     with_resenc = mb.build_models(None, ["2d", "3d_fullres"], ["M"])
     assert with_resenc == [*swin2d, cnn2d, swin3d, cnn3d, Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "2d"),
                            Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "3d_fullres")]
