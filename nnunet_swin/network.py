@@ -30,7 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["SwinUnet", "UPSAMPLING_MODES", "nearest_valid_sizes"]
+__all__ = ["SwinUnet", "UPSAMPLING_MODES", "fit_window_size", "nearest_valid_sizes", "strides_from_pooling"]
 
 UPSAMPLING_MODES = ("patch_expand", "bilinear", "transposed_conv")
 SHIFT_MASK_VALUE = -100.0  # the official value: finite, so fp16-safe, and what the checkpoints were trained with
@@ -121,23 +121,27 @@ def window_geometry(size: int, window: int, shifted: bool) -> tuple[int, int]:
     return window, (window // 2 if shifted else 0)
 
 
-def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW, wh * ww, C), windows in row-major order."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // wh) * (w // ww), wh * ww, c)
+def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """(B, *sizes, C) -> (B, nW, prod(window), C), windows and the tokens inside them in row-major order."""
+    b, *sizes, c = x.shape
+    n = len(sizes)
+    split = [v for size, w in zip(sizes, window) for v in (size // w, w)]
+    x = x.view(b, *split, c).permute(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
+    return x.reshape(b, math.prod([s // w for s, w in zip(sizes, window)]), math.prod(window), c)
 
 
-def relative_position_index(wh: int, ww: int, table_window: int) -> torch.Tensor:
-    """Index into a ((2M-1)^2, heads) bias table for every token pair of a wh x ww window (wh, ww <= M).
+def relative_position_index(window: Sequence[int], table_window: Sequence[int]) -> torch.Tensor:
+    """Index into a (prod(2M-1), heads) bias table for every token pair of a window (each side <= M).
 
     For a clamped window the index addresses the centre of the full table: offsets within +-(w-1)
     are a subset of +-(M-1), so one table (and one checkpoint) serves every input size.
     """
-    m = table_window
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
-    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
-    return (rel[0] + m - 1) * (2 * m - 1) + (rel[1] + m - 1)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w) for w in window], indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # axes, N, N
+    index = torch.zeros_like(rel[0])
+    for offsets, m in zip(rel, table_window):
+        index = index * (2 * m - 1) + (offsets + m - 1)
+    return index
 
 
 def _band_labels(padded: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
@@ -149,29 +153,39 @@ def _band_labels(padded: int, window: int, shift: int, device: torch.device) -> 
     return (pos >= padded - window).long() + (pos >= padded - shift).long()
 
 
-def _is_padding(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Whether each position along one axis of the padded map rolled by ``-shift`` is bottom/right padding."""
-    return (torch.arange(padded, device=device) + shift) % padded >= size
+def _rolled_positions(size: int, padded: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Position in the padded map read at each position of the map rolled by ``-shift`` (>= size: padding)."""
+    return (torch.arange(padded, device=device) + shift) % padded
 
 
-def attention_mask(
-    h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
-) -> torch.Tensor | None:
+def _along(t: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """A 1-D tensor viewed along ``axis`` of an ``ndim``-D grid, for broadcasting."""
+    return t.view([-1 if a == axis else 1 for a in range(ndim)])
+
+
+def _padded(sizes: Sequence[int], window: Sequence[int]) -> list[int]:
+    return [math.ceil(s / w) * w for s, w in zip(sizes, window)]
+
+
+def attention_mask(sizes: Sequence[int], window: Sequence[int], shift: Sequence[int], device: torch.device
+                   ) -> torch.Tensor | None:
     """Additive (nW, N, N) mask for a padded-then-rolled stage, or None when no token needs masking.
 
-    The map is padded bottom/right to whole windows first and the cyclic shift is taken on the
-    padded map (the order of Swin's detection/segmentation code and timm), so a shifted window never
+    The map is padded at the end of every axis to whole windows first and the cyclic shift is taken on
+    the padded map (the order of Swin's detection/segmentation code and timm), so a shifted window never
     splits a band. Pairs in different shift regions get -100 (the official value). Padding keys get
     -inf for real queries, so padding cannot change a real token; a padding query may attend to other
     padding, which keeps every softmax row finite (padding outputs are cropped away).
     """
-    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-    if not (sh or sw or hp != h or wp != w):
+    padded, n = _padded(sizes, window), len(sizes)
+    if not any(shift) and list(padded) == list(sizes):
         return None
-    pad = (_is_padding(h, hp, sh, device)[:, None] | _is_padding(w, wp, sw, device)[None, :]).float()
-    region = (_band_labels(hp, wh, sh, device)[:, None] * 3 + _band_labels(wp, ww, sw, device)[None, :]).float()
-    both = torch.stack([region, pad], -1)[None]  # 1, Hp, Wp, 2
-    win = window_partition(both, wh, ww)[0]  # nW, N, 2
+    pad = torch.zeros(padded, dtype=torch.bool, device=device)
+    region = torch.zeros(padded, dtype=torch.long, device=device)
+    for axis, (size, p, w, s) in enumerate(zip(sizes, padded, window, shift)):
+        pad = pad | _along(_rolled_positions(size, p, s, device) >= size, axis, n)
+        region = region * 3 + _along(_band_labels(p, w, s, device), axis, n)
+    win = window_partition(torch.stack([region.float(), pad.float()], -1)[None], window)[0]  # nW, N, 2
     region, pad = win[..., 0], win[..., 1]
     mask = torch.zeros(region.shape[0], region.shape[1], region.shape[1], device=device)
     mask = mask.masked_fill(region[:, :, None] != region[:, None, :], SHIFT_MASK_VALUE)
@@ -179,33 +193,34 @@ def attention_mask(
     return mask.masked_fill(key_is_pad, float("-inf"))
 
 
-def window_order(h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
+def window_order(sizes: Sequence[int], window: Sequence[int], shift: Sequence[int], device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token gathers that replace pad + roll + window partition and their inverse.
 
-    ``order[k]`` is the flat source index (into the h*w tokens, or ``h*w`` for a padding token) of the
-    k-th token in window order of the map padded bottom/right and then rolled by (-sh, -sw);
-    ``inverse[p]`` is where source token p sits in that order. One ``index_select`` each way costs one
-    copy instead of the pad, roll, partition, reverse, roll-back and crop copies.
+    ``order[k]`` is the flat source index (into the prod(sizes) tokens, or prod(sizes) for a padding
+    token) of the k-th token in window order of the map padded at the end of each axis and then rolled
+    by ``-shift``; ``inverse[p]`` is where source token p sits in that order. One ``index_select`` each
+    way costs one copy instead of the pad, roll, partition, reverse, roll-back and crop copies.
     """
-    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-    rows = (torch.arange(hp, device=device) + sh) % hp  # padded-map row read at each rolled row
-    cols = (torch.arange(wp, device=device) + sw) % wp
-    src = rows[:, None] * w + cols[None, :]
-    src = torch.where((rows[:, None] >= h) | (cols[None, :] >= w), torch.full_like(src, h * w), src)
-    order = window_partition(src[None, :, :, None], wh, ww).reshape(-1)
-    # padding (h * w) sorts last; a static-shape inverse, so torch.compile can build it in-graph
-    inverse = torch.argsort(order, stable=True)[: h * w]
+    padded, n, total = _padded(sizes, window), len(sizes), math.prod(sizes)
+    src = torch.zeros((), dtype=torch.long, device=device)
+    outside = torch.zeros((), dtype=torch.bool, device=device)
+    for axis, (size, p, s) in enumerate(zip(sizes, padded, shift)):
+        pos = _along(_rolled_positions(size, p, s, device), axis, n)
+        src, outside = src * size + pos, outside | (pos >= size)
+    src = torch.where(outside, torch.full_like(src, total), src)
+    order = window_partition(src[None, ..., None], window).reshape(-1)
+    # padding (= total) sorts last; a static-shape inverse, so torch.compile can build it in-graph
+    inverse = torch.argsort(order, stable=True)[:total]
     return order, inverse
 
 
 class StageGeometry(NamedTuple):
-    """What a Swin block needs to attend in windows at one stage size: window shape, the token gathers
+    """What a Swin block needs to attend in windows at one stage size: window per axis, the token gathers
     (``window_order``; ``gather`` reads token 0 for padding, whose value the mask makes irrelevant), the
     bias-table index (``relative_position_index``) and the mask (``attention_mask``)."""
 
-    wh: int
-    ww: int
+    window: tuple[int, ...]
     identity: bool  # one window, no shift, no padding: tokens are already in window order
     padded: bool
     order: torch.Tensor
@@ -220,21 +235,24 @@ class StageGeometry(NamedTuple):
         return sum(t.nbytes for t in tensors if t is not None)
 
 
-def build_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
-    wh, sh = window_geometry(h, window, shifted)
-    ww, sw = window_geometry(w, window, shifted)
-    order, inverse = window_order(h, w, wh, ww, sh, sw, device)
-    padded = order.numel() > h * w
-    gather = torch.where(order < h * w, order, torch.zeros_like(order)) if padded else order
-    index = relative_position_index(wh, ww, window).to(device)
-    return StageGeometry(wh, ww, (wh, ww) == (h, w), padded, order, gather, inverse, index,
-                         attention_mask(h, w, wh, ww, sh, sw, device))
+def build_geometry(sizes: Sequence[int], window: Sequence[int], shifted: bool, device: torch.device
+                   ) -> StageGeometry:
+    per_axis = [window_geometry(s, m, shifted) for s, m in zip(sizes, window)]
+    win, shift = tuple([w for w, _ in per_axis]), tuple([s for _, s in per_axis])
+    total = math.prod(sizes)
+    order, inverse = window_order(sizes, win, shift, device)
+    padded = order.numel() > total
+    gather = torch.where(order < total, order, torch.zeros_like(order)) if padded else order
+    index = relative_position_index(win, window).to(device)
+    return StageGeometry(win, win == tuple(sizes), padded, order, gather, inverse, index,
+                         attention_mask(sizes, win, shift, device))
 
 
 _GEOMETRY_CACHE: OrderedDict[tuple, StageGeometry] = OrderedDict()
 
 
-def stage_geometry(h: int, w: int, window: int, shifted: bool, device: torch.device) -> StageGeometry:
+def stage_geometry(sizes: tuple[int, ...], window: tuple[int, ...], shifted: bool, device: torch.device
+                   ) -> StageGeometry:
     """``build_geometry``, shared by every block with the same (size, window, shift, device) through one
     LRU cache bounded to ``GEOMETRY_CACHE_BYTES`` (but never fewer than the 8 entries of one image size),
     so predicting images of many sizes does not grow memory.
@@ -245,12 +263,12 @@ def stage_geometry(h: int, w: int, window: int, shifted: bool, device: torch.dev
     Python state is read or mutated there).
     """
     if _is_compiling():
-        return build_geometry(h, w, window, shifted, device)
-    key = (h, w, window, shifted, str(device))
+        return build_geometry(sizes, window, shifted, device)
+    key = (sizes, window, shifted, str(device))
     geometry = _GEOMETRY_CACHE.get(key)
     if geometry is None:
         with torch.inference_mode(False), torch.no_grad():
-            geometry = build_geometry(h, w, window, shifted, device)
+            geometry = build_geometry(sizes, window, shifted, device)
         _GEOMETRY_CACHE[key] = geometry
         held = sum(g.nbytes for g in _GEOMETRY_CACHE.values())
         while len(_GEOMETRY_CACHE) > 2 * NUM_STAGES and held > GEOMETRY_CACHE_BYTES:
@@ -326,19 +344,20 @@ class WindowAttention(nn.Module):
     torch.compile), else the explicit formula (``window_attention``); both compute the same thing.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, fused: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], qkv_bias: bool = True,
+                 fused: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.window_size = window_size
+        self.window_size = tuple(window_size)
         self.fused = fused
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
-        self.register_buffer(
-            "relative_position_index", relative_position_index(window_size, window_size, window_size), persistent=False
-        )
+        table = math.prod(2 * m - 1 for m in self.window_size)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(table, num_heads))
+        self.register_buffer("relative_position_index",
+                             relative_position_index(self.window_size, self.window_size), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -375,13 +394,14 @@ class Mlp(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    """Pre-norm Swin block: (shifted-)window attention then MLP, each with a residual and drop path."""
+    """Pre-norm Swin block: (shifted-)window attention then MLP, each with a residual and drop path.
+    ``window_size`` is per axis (an int means a square 2D window); each stage clamps it to its size."""
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        window_size: int,
+        window_size: int | Sequence[int],
         shifted: bool,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -389,10 +409,10 @@ class SwinBlock(nn.Module):
         fused_attention: bool = True,
     ):
         super().__init__()
-        self.window_size = window_size
+        self.window_size = _per_axis(window_size, 2) if isinstance(window_size, int) else tuple(window_size)
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, fused_attention)
+        self.attn = WindowAttention(dim, num_heads, self.window_size, qkv_bias, fused_attention)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -416,114 +436,138 @@ class SwinBlock(nn.Module):
         crops the padding and undoes the roll. norm1 runs after the gather (LayerNorm is per token);
         padding tokens then hold a copy of a real token, which cannot matter because they are masked out
         of every real token's attention."""
-        b, h, w, c = x.shape
-        geo = stage_geometry(h, w, self.window_size, self.shifted, x.device)
-        tokens = x.reshape(b, h * w, c)
+        b, *sizes, c = x.shape
+        geo = stage_geometry(tuple(sizes), self.window_size, self.shifted, x.device)
+        tokens = x.reshape(b, -1, c)
         if geo.identity:
             windows = tokens
         elif _is_compiling():
             windows = tokens.index_select(1, geo.gather)
         else:
             windows = _TokenGather.apply(tokens, geo.gather, geo.inverse, False)
-        out = self.attn(windows.view(b, -1, geo.wh * geo.ww, c), geo.index, geo.mask, self.norm1, weights)
+        out = self.attn(windows.view(b, -1, math.prod(geo.window), c), geo.index, geo.mask, self.norm1, weights)
         out = out.view(b, -1, c)
         if geo.identity:
-            return out.view(b, h, w, c)
+            return out.view(x.shape)
         if _is_compiling():
-            return out.index_select(1, geo.inverse).view(b, h, w, c)
-        return _TokenGather.apply(out, geo.inverse, geo.order, geo.padded).view(b, h, w, c)
+            return out.index_select(1, geo.inverse).view(x.shape)
+        return _TokenGather.apply(out, geo.inverse, geo.order, geo.padded).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, C) -> (B, H, W, C)."""
+        """x: (B, *sizes, C) -> (B, *sizes, C)."""
         weights = self._low_precision_weights(x)
         p = self.drop_path.drop_prob if isinstance(self.drop_path, DropPath) and self.training else 0.0
         if not p:
             x = x + self._attend(x, weights[:4])
             return x + self.mlp(x, self.norm2, weights[4:])
         keep = 1.0 - p
-        scales = x.new_empty(2, x.shape[0], 1, 1, 1).bernoulli_(keep).div_(keep)  # both residuals, one draw
+        scales = x.new_empty(2, x.shape[0], *[1] * (x.dim() - 1)).bernoulli_(keep).div_(keep)  # both residuals, one draw
         residual = torch.addcmul if _is_compiling() else _ScaledResidual.apply
         x = residual(x, self._attend(x, weights[:4]), scales[0])
         return residual(x, self.mlp(x, self.norm2, weights[4:]), scales[1])
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches to tokens: strided conv, then LayerNorm (patch_norm=True)."""
+def _conv(dims: int, transposed: bool = False) -> type[nn.Module]:
+    return {(2, False): nn.Conv2d, (3, False): nn.Conv3d, (2, True): nn.ConvTranspose2d,
+            (3, True): nn.ConvTranspose3d}[dims, transposed]
 
-    def __init__(self, in_channels: int, dim: int, patch_size: int):
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(-1, 1)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches (stride per axis) to tokens: strided conv, then LayerNorm (patch_norm=True)."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: Sequence[int]):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = _conv(len(patch_size))(in_channels, dim, kernel_size=tuple(patch_size), stride=tuple(patch_size))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Cin, H, W) -> (B, H/p, W/p, C)."""
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        """(B, Cin, *sizes) -> (B, *sizes / patch, C)."""
+        return self.norm(_channels_last(self.proj(x)))
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbours concatenated (official channel order), LayerNorm(4C), Linear 4C -> 2C without bias."""
+    """Neighbours within a ``stride`` block concatenated, LayerNorm, Linear to 2C without bias. In 2D with
+    stride 2x2 the channel blocks are in the official order (0,0), (1,0), (0,1), (1,1): the first axis's
+    offset varies fastest, in every dimension. An axis with stride 1 is not merged (anisotropic plans)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, stride: Sequence[int]):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.stride = tuple(stride)
+        group = math.prod(self.stride)
+        self.norm = nn.LayerNorm(group * dim)
+        self.reduction = nn.Linear(group * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
-        # (b, h/2, row offset, w/2, col offset, c) -> channel blocks ordered (0,0), (1,0), (0,1), (1,1)
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        b, *sizes, c = x.shape
+        n = len(sizes)
+        split = [v for size, s in zip(sizes, self.stride) for v in (size // s, s)]
+        # (b, coarse_0, offset_0, coarse_1, offset_1, ..., c) -> (b, coarse..., offsets last-axis-first, c)
+        x = x.view(b, *split, c).permute(0, *range(1, 2 * n, 2), *range(2 * n, 0, -2), 2 * n + 1)
+        x = x.reshape(b, *[size // s for size, s in zip(sizes, self.stride)], -1)
         return norm_linear(x, self.norm, self.reduction)
 
 
 class PatchExpand(nn.Module):
-    """Linear C -> s^2 * C_out without bias, each token unfolded to an s x s pixel block in the
-    official ``(p1 p2 c)`` channel order, then LayerNorm. s=2, C_out=C/2 is Swin-Unet's PatchExpand;
-    s=4, C_out=C its FinalPatchExpand_X4."""
+    """Linear C -> prod(scale) * C_out without bias, each token unfolded to a ``scale`` block in the
+    official ``(p1 p2 c)`` channel order, then LayerNorm. Scale 2, C_out=C/2 is Swin-Unet's PatchExpand;
+    scale 4, C_out=C its FinalPatchExpand_X4."""
 
-    def __init__(self, dim: int, out_dim: int, scale: int):
+    def __init__(self, dim: int, out_dim: int, scale: Sequence[int]):
         super().__init__()
-        self.scale = scale
-        self.expand = nn.Linear(dim, scale * scale * out_dim, bias=False)
+        self.scale = tuple(scale)
+        self.expand = nn.Linear(dim, math.prod(self.scale) * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        s = self.scale
-        x = self.expand(x)
-        return x.view(b, h, w, s, s, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, -1)
+        b, *sizes, _ = x.shape
+        n = len(sizes)
+        x = self.expand(x).view(b, *sizes, *self.scale, -1)
+        # (b, coarse..., offsets..., c) -> (b, coarse_0, offset_0, coarse_1, offset_1, ..., c)
+        x = x.permute(0, *[a for i in range(1, n + 1) for a in (i, n + i)], 2 * n + 1)
+        return x.reshape(b, *[size * s for size, s in zip(sizes, self.scale)], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.project(x))
 
 
 class BilinearExpand(nn.Module):
-    """The paper's bilinear up-sampling ablation: Linear C -> C_out (no bias), bilinear x s, LayerNorm.
-    The projection runs before the interpolation; both are linear, so the order only saves work."""
+    """The paper's bilinear up-sampling ablation (trilinear in 3D): Linear C -> C_out (no bias),
+    interpolation by ``scale``, LayerNorm. The projection runs before the interpolation; both are linear,
+    so the order only saves work."""
 
-    def __init__(self, dim: int, out_dim: int, scale: int):
+    def __init__(self, dim: int, out_dim: int, scale: Sequence[int]):
         super().__init__()
-        self.scale = scale
+        self.scale = tuple(float(s) for s in scale)
+        self.mode = "bilinear" if len(scale) == 2 else "trilinear"
         self.expand = nn.Linear(dim, out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.expand(x).permute(0, 3, 1, 2)
-        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        x = _channels_first(self.expand(x))
+        return _channels_last(F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.project(x))
 
 
 class TransposedConvExpand(nn.Module):
-    """The paper's transposed-convolution up-sampling ablation: ConvTranspose s x s, stride s, LayerNorm."""
+    """The paper's transposed-convolution up-sampling ablation: kernel = stride = ``scale``, LayerNorm."""
 
-    def __init__(self, dim: int, out_dim: int, scale: int):
+    def __init__(self, dim: int, out_dim: int, scale: Sequence[int]):
         super().__init__()
-        self.expand = nn.ConvTranspose2d(dim, out_dim, kernel_size=scale, stride=scale)
+        self.expand = _conv(len(scale), transposed=True)(dim, out_dim, kernel_size=tuple(scale), stride=tuple(scale))
         self.norm = nn.LayerNorm(out_dim)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return _channels_last(self.expand(_channels_first(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.project(x))
@@ -544,7 +588,7 @@ class SwinStage(nn.Module):
         dim: int,
         depth: int,
         num_heads: int,
-        window_size: int,
+        window_size: Sequence[int],
         drop_path: Sequence[float],
         mlp_ratio: float,
         qkv_bias: bool,
@@ -570,9 +614,9 @@ class SwinStage(nn.Module):
 class EncoderStage(SwinStage):
     """Swin blocks, then PatchMerging at the end of the stage (the official layout, not timm's)."""
 
-    def __init__(self, *args, downsample: bool, **kwargs):
+    def __init__(self, *args, downsample: Sequence[int] | None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.downsample = PatchMerging(self.dim) if downsample else None
+        self.downsample = PatchMerging(self.dim, downsample) if downsample is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.run_blocks(x)
@@ -580,16 +624,17 @@ class EncoderStage(SwinStage):
 
 
 class DecoderStage(SwinStage):
-    """Optional skip fusion (concat [x, skip], Linear 2C -> C with bias), Swin blocks, optional x2 up-sampling.
+    """Optional skip fusion (concat [x, skip], Linear 2C -> C with bias), Swin blocks, optional up-sampling
+    by the stride of the encoder's merging at this scale.
 
     ``forward`` returns the features after the blocks (for the deep-supervision head) and the
     up-sampled tensor for the next stage (or None at the last stage).
     """
 
-    def __init__(self, *args, fuse: bool, upsampling: str | None, **kwargs):
+    def __init__(self, *args, fuse: bool, upsampling: str | None, scale: Sequence[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fuse = nn.Linear(2 * self.dim, self.dim) if fuse else None
-        self.upsample = _UPSAMPLERS[upsampling](self.dim, self.dim // 2, 2) if upsampling else None
+        self.upsample = _UPSAMPLERS[upsampling](self.dim, self.dim // 2, scale) if upsampling else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.fuse is not None:
@@ -601,19 +646,20 @@ class DecoderStage(SwinStage):
 class SwinEncoder(nn.Module):
     """Patch embedding, three Swin stages ending in PatchMerging, the bottleneck stage and its norm.
 
-    ``forward`` returns the skips finest first (1/4, 1/8, 1/16 of the input, NCHW), then the 1/32
-    bottleneck. As in the official code a skip is the *input* of a stage (the patch embedding, then the
-    PatchMerging outputs), not the output of the Swin blocks at that scale.
+    ``forward`` returns the skips finest first (1/4, 1/8, 1/16 of the input with the default strides,
+    channels first), then the 1/32 bottleneck. As in the official code a skip is the *input* of a stage
+    (the patch embedding, then the PatchMerging outputs), not the output of the Swin blocks at that scale.
     """
 
     def __init__(
         self,
         input_channels: int,
-        patch_size: int,
+        patch_size: Sequence[int],
+        merge_strides: Sequence[Sequence[int]],
         embed_dim: int,
         depths: Sequence[int],
         num_heads: Sequence[int],
-        window_size: int,
+        window_size: Sequence[int],
         mlp_ratio: float,
         qkv_bias: bool,
         drop_path: Sequence[Sequence[float]],
@@ -632,14 +678,14 @@ class SwinEncoder(nn.Module):
                 mlp_ratio,
                 qkv_bias,
                 fused_attention,
-                downsample=i < NUM_STAGES - 1,
+                downsample=merge_strides[i] if i < NUM_STAGES - 1 else None,
             )
             for i in range(NUM_STAGES)
         )
         self.norm = nn.LayerNorm(embed_dim * 2 ** (NUM_STAGES - 1))
 
     def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Like ``forward`` but channels-last (B, H, W, C), which is what the decoder consumes."""
+        """Like ``forward`` but channels-last (B, *sizes, C), which is what the decoder consumes."""
         x = self.patch_embed(x)
         outputs = []
         for stage in self.stages:
@@ -648,16 +694,18 @@ class SwinEncoder(nn.Module):
         return outputs[:-1] + [self.norm(x)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [t.permute(0, 3, 1, 2) for t in self.forward_tokens(x)]
+        return [_channels_first(t) for t in self.forward_tokens(x)]
 
 
 class SwinDecoder(nn.Module):
-    """Mirror of the encoder: a bare x2 expand from the bottleneck, then three stages of skip fusion,
-    Swin blocks and x2 expand, then LayerNorm, the x4 final expand and a bias-free 1x1 head.
+    """Mirror of the encoder: a bare expand from the bottleneck, then three stages of skip fusion,
+    Swin blocks and expand (each by the stride of the encoder's merging at that scale), then LayerNorm,
+    the final expand by the patch size and a bias-free 1x1 head.
 
     ``deep_supervision`` is a plain attribute (nnU-Net's trainer sets it): when True, ``forward``
-    returns logits at full size, 1/4, 1/8 and 1/16 of the input, highest resolution first. The
-    auxiliary heads exist either way, so checkpoints load with it on or off.
+    returns logits at full size and at the three finest token scales (1/4, 1/8, 1/16 of the input with
+    the default strides; ``SwinUnet.output_strides``), highest resolution first. The auxiliary heads
+    exist either way, so checkpoints load with it on or off.
     """
 
     def __init__(
@@ -666,21 +714,22 @@ class SwinDecoder(nn.Module):
         embed_dim: int,
         depths: Sequence[int],
         num_heads: Sequence[int],
-        window_size: int,
+        window_size: Sequence[int],
         mlp_ratio: float,
         qkv_bias: bool,
         drop_path: Sequence[Sequence[float]],
         fused_attention: bool,
         upsampling: str,
         num_skips: int,
-        patch_size: int,
+        patch_size: Sequence[int],
+        merge_strides: Sequence[Sequence[int]],
         deep_supervision: bool,
     ):
         super().__init__()
         self.deep_supervision = deep_supervision
         self.num_skips = num_skips
         stages = []
-        for i in range(NUM_STAGES):  # i = 0 at 1/32 -> 1/16 ... i = 3 at 1/4
+        for i in range(NUM_STAGES):  # i = 0 at the bottleneck ... i = 3 at the finest token scale
             enc = NUM_STAGES - 1 - i  # the encoder stage at the same resolution
             stages.append(
                 DecoderStage(
@@ -693,26 +742,29 @@ class SwinDecoder(nn.Module):
                     qkv_bias,
                     fused_attention,
                     fuse=i > 0 and enc < num_skips,  # k skips: the k finest scales
-                    upsampling=upsampling if i < NUM_STAGES - 1 else None,
+                    upsampling=upsampling if enc else None,
+                    scale=merge_strides[enc - 1] if enc else None,
                 )
             )
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(embed_dim)
         self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, patch_size)
         # Output heads, one per output in deep-supervision order: seg_layers[0] is the full-resolution head,
-        # then 1/4 (reads the normed features of the last stage), 1/8, 1/16. nnU-Net's -pretrained_weights
-        # skips every key containing ".seg_layers.", so fine-tuning between label sets works; this order
-        # is the old head, aux_heads.0-2 order, so optimizer states of older checkpoints still line up.
+        # then the finest token scale (reads the normed features of the last stage) and the two coarser ones.
+        # nnU-Net's -pretrained_weights skips every key containing ".seg_layers.", so fine-tuning between label
+        # sets works; this order is the old head, aux_heads.0-2 order, so optimizer states of older
+        # checkpoints still line up.
+        conv = _conv(len(patch_size))
         self.seg_layers = nn.ModuleList(
-            nn.Conv2d(embed_dim * 2 ** max(0, i - 1), num_classes, kernel_size=1, bias=False) for i in range(NUM_STAGES)
+            conv(embed_dim * 2 ** max(0, i - 1), num_classes, kernel_size=1, bias=False) for i in range(NUM_STAGES)
         )
         self.register_load_state_dict_pre_hook(_rename_old_head_keys)
 
     def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """features: channels-last skips (1/4, 1/8, 1/16) then the bottleneck, as the encoder makes them."""
+        """features: channels-last skips (finest first) then the bottleneck, as the encoder makes them."""
         skips = features[:-1]
         x: torch.Tensor | None = features[-1]
-        per_scale = []  # decoder features at 1/16, 1/8, 1/4
+        per_scale = []  # decoder features, coarsest first
         for i, stage in enumerate(self.stages):
             enc = NUM_STAGES - 1 - i
             out, x = stage(x, skips[enc] if stage.fuse is not None else None)
@@ -721,16 +773,16 @@ class SwinDecoder(nn.Module):
         finest = self.norm(per_scale[-1])
         # the final expand's LayerNorm at full resolution is recomputed in backward, not kept
         head, *aux_heads = self.seg_layers
-        logits = norm_linear(self.final_expand.project(finest), self.final_expand.norm, head).permute(0, 3, 1, 2)
+        logits = _channels_first(norm_linear(self.final_expand.project(finest), self.final_expand.norm, head))
         if not self.deep_supervision:
             return logits
         per_scale[-1] = finest
-        aux = [norm_linear(feat, None, head).permute(0, 3, 1, 2) for head, feat in zip(aux_heads, reversed(per_scale))]
+        aux = [_channels_first(norm_linear(feat, None, head)) for head, feat in zip(aux_heads, reversed(per_scale))]
         return [logits, *aux]
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """features: NCHW skips (1/4, 1/8, 1/16) then the bottleneck, as ``SwinEncoder.forward`` returns them."""
-        return self.forward_tokens([f.permute(0, 2, 3, 1) for f in features])
+        """features: channels-first skips then the bottleneck, as ``SwinEncoder.forward`` returns them."""
+        return self.forward_tokens([_channels_last(f) for f in features])
 
 
 #: Output-head names before they became ``seg_layers`` (checkpoints written until then use them).
@@ -752,26 +804,73 @@ def nearest_valid_sizes(size: int, multiple: int) -> tuple[int, int]:
     return below, math.ceil(size / multiple) * multiple
 
 
+def _per_axis(value: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    """An int for every axis, or a sequence with one value per axis, as a tuple."""
+    return (int(value),) * dims if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def strides_from_pooling(pool_op_kernel_sizes: Sequence[Sequence[int]]) -> dict[str, list]:
+    """Patch-embedding and merging strides per axis from nnU-Net's plan (``pool_op_kernel_sizes``).
+
+    Swin-Unet halves the resolution five times: twice in the patch embedding (4x4 in 2D) and once per
+    patch merging. nnU-Net's pooling steps (its first entry, stage 0, is all ones) are mapped onto those
+    five slots in order: the embedding takes the product of the first two steps, the three mergings the
+    next three. So an axis with few, thick slices is only merged where nnU-Net pools it, and the network's
+    multiple (``size_multiple``) always divides nnU-Net's planned patch. Missing steps (plans with fewer
+    than five poolings) are all ones, a merging that doubles channels at the same resolution; steps
+    beyond five are not used (the bottleneck stays at 1/32 of an axis pooled at every step).
+    """
+    steps = [[int(s) for s in step] for step in pool_op_kernel_sizes[1:]]
+    if not pool_op_kernel_sizes or any(len(step) != len(pool_op_kernel_sizes[0]) for step in steps):
+        raise ValueError(f"pool_op_kernel_sizes must be a non-empty list of per-axis strides of equal length, "
+                         f"got {pool_op_kernel_sizes}")
+    dims = len(pool_op_kernel_sizes[0])
+    steps = (steps + [[1] * dims] * 5)[:5]
+    return {"patch_size": [a * b for a, b in zip(steps[0], steps[1])], "merge_strides": steps[2:]}
+
+
+def fit_window_size(size: Sequence[int], patch_size: Sequence[int], max_window: int = 7,
+                    max_padding: float = 0.1) -> list[int]:
+    """Per axis, the largest window up to ``max_window`` (and no larger than the axis) that pads the first stage's token grid (the input
+    ``size`` over ``patch_size``; the largest grid by far, in 3D 8x the next) by at most ``max_padding``.
+
+    Padding tokens cost attention and MLP compute like real ones: a hippocampus-like 40x56x40 patch at
+    patch 4 gives a 10x14x10 first stage, which window 7 pads to 14x14x14 (twice the tokens) and window 5
+    tiles exactly. Deeper stages clamp the window as always. 2D plans keep the official window 7."""
+    windows = []
+    for s, p in zip(size, patch_size):
+        n = s // p
+        windows.append(next(min(w, n) for w in range(max_window, 0, -1)
+                            if math.ceil(n / w) * w <= (1 + max_padding) * n))
+    return windows
+
+
 class SwinUnet(nn.Module):
     """Swin-Unet: a pure-transformer U-Net from Swin blocks with shifted windows, patch merging and
-    patch expanding (Cao et al., arXiv 2105.05537).
+    patch expanding (Cao et al., arXiv 2105.05537), in 2D and, with per-axis strides, in 3D.
 
     Args:
         input_channels: image channels (modalities); nnU-Net passes this.
         num_classes: output channels (segmentation heads); nnU-Net passes this.
-        deep_supervision: return logits at 1, 1/4, 1/8 and 1/16 of the input, highest first.
-        patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias, drop_path_rate:
-            as in the paper's "tiny" model by default. Drop path grows linearly over the encoder
-            blocks and the decoder reuses the rate of the encoder stage at the same resolution.
-        upsampling: "patch_expand" (the paper), "bilinear" or "transposed_conv" (its ablation).
+        deep_supervision: also return logits at the three finest token scales (``output_strides``).
+        spatial_dims: 2 (images) or 3 (volumes).
+        patch_size: patch-embedding stride, one int for every axis or one per axis (4: the paper).
+        merge_strides: stride of each of the three patch mergings, per axis (2: the paper; 1 keeps an
+            axis, e.g. a thick-slice axis of an anisotropic 3D plan; ``strides_from_pooling``).
+        window_size: attention window, one int or one per axis; each stage clamps it to its size.
+        embed_dim, depths, num_heads, mlp_ratio, qkv_bias, drop_path_rate: as in the paper's "tiny"
+            model by default. Drop path grows linearly over the encoder blocks and the decoder reuses
+            the rate of the encoder stage at the same resolution.
+        upsampling: "patch_expand" (the paper), "bilinear" (trilinear in 3D) or "transposed_conv"
+            (its ablation).
         num_skips: 0-3 skip connections, always the finest ones: 1 = 1/4; 2 = 1/4 and 1/8;
             3 = 1/4, 1/8 and 1/16 (the paper's model). A missing skip has no concat and no fusion layer.
         fused_attention: use torch's scaled_dot_product_attention (same result as the explicit formula).
         gradient_checkpointing: recompute each Swin block in backward to save activation memory.
 
     All options are plain JSON values, so nnU-Net's ``get_network_from_plans`` can build the network
-    from a plans file naming ``nnunet_swin.SwinUnet``. Inputs must have H and W divisible by
-    ``patch_size * 8`` (32 by default); square or not, any such size works.
+    from a plans file naming ``nnunet_swin.SwinUnet``. Every input side must be divisible by its
+    ``size_multiple`` (patch size x merge strides: 32 by default); any such size works.
     """
 
     def __init__(
@@ -780,11 +879,13 @@ class SwinUnet(nn.Module):
         num_classes: int,
         *,
         deep_supervision: bool = False,
-        patch_size: int = 4,
+        spatial_dims: int = 2,
+        patch_size: int | Sequence[int] = 4,
+        merge_strides: Sequence[int | Sequence[int]] = (2, 2, 2),
         embed_dim: int = 96,
         depths: Sequence[int] = (2, 2, 2, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
+        window_size: int | Sequence[int] = 7,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.2,
@@ -794,19 +895,34 @@ class SwinUnet(nn.Module):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        _check_options(input_channels, num_classes, patch_size, embed_dim, depths, num_heads, window_size,
-                       drop_path_rate, upsampling, num_skips)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        patch, window = _per_axis(patch_size, spatial_dims), _per_axis(window_size, spatial_dims)
+        if isinstance(merge_strides, (int, str)) or len(merge_strides) != NUM_STAGES - 1:
+            raise ValueError(f"merge_strides needs {NUM_STAGES - 1} entries (one per patch merging), "
+                             f"got {merge_strides!r}")
+        merges = [_per_axis(m, spatial_dims) for m in merge_strides]
+        _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths,
+                       num_heads, drop_path_rate, upsampling, num_skips)
         self.input_channels = input_channels
         self.num_classes = num_classes
-        self.size_multiple = patch_size * 2 ** (NUM_STAGES - 1)
+        self.spatial_dims = spatial_dims
+        strides = [patch]
+        for m in merges:
+            strides.append(tuple(a * b for a, b in zip(strides[-1], m)))
+        #: Stride of each token scale (the four stages), finest first.
+        self.stage_strides = tuple(strides)
+        self.size_multiple = strides[-1]
+        self.output_strides = ((1,) * spatial_dims, *strides[:-1])
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
         drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
-        common = dict(num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+        common = dict(num_heads=num_heads, window_size=window, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       drop_path=drop_path, fused_attention=fused_attention)
-        self.encoder = SwinEncoder(input_channels, patch_size, embed_dim, depths, **common)
+        self.encoder = SwinEncoder(input_channels, patch, merges, embed_dim, depths, **common)
         self.decoder = SwinDecoder(num_classes, embed_dim, depths, upsampling=upsampling, num_skips=num_skips,
-                                   patch_size=patch_size, deep_supervision=deep_supervision, **common)
+                                   patch_size=patch, merge_strides=merges, deep_supervision=deep_supervision,
+                                   **common)
         self.apply(_init_weights)
         self.set_grad_checkpointing(gradient_checkpointing)
 
@@ -821,21 +937,44 @@ class SwinUnet(nn.Module):
             if isinstance(module, WindowAttention):
                 module.fused = enable
 
+    def describe(self, size: Sequence[int]) -> dict:
+        """What this network does at input ``size`` (for logs): strides, and per stage the token grid, the
+        window after clamping (attention is global along an axis no longer than the window) and channels."""
+        self._check_size(tuple(size))
+        window = self.encoder.stages[0].blocks[0].window_size
+        stages = []
+        for stride, stage in zip(self.stage_strides, self.encoder.stages):
+            grid = [s // st for s, st in zip(size, stride)]
+            stages.append({"size": grid, "window": [window_geometry(g, m, False)[0] for g, m in zip(grid, window)],
+                           "dim": stage.dim})
+        return {"patch_size": list(self.stage_strides[0]),
+                "merge_strides": [[b // a for a, b in zip(s0, s1)] for s0, s1 in zip(self.stage_strides,
+                                                                                   self.stage_strides[1:])],
+                "size_multiple": list(self.size_multiple), "stages": stages}
+
+    def _check_size(self, size: tuple[int, ...]) -> None:
+        if len(size) != self.spatial_dims:
+            raise ValueError(f"this SwinUnet is {self.spatial_dims}D: expected {self.spatial_dims} spatial sizes, "
+                             f"got {list(size)}")
+        axes = "HW" if self.spatial_dims == 2 else "DHW"
+        bad = [(axis, s, m) for axis, s, m in zip(axes, size, self.size_multiple) if s % m]
+        if bad:
+            hints = ", ".join(f"{axis}={s} (nearest: {' or '.join(map(str, nearest_valid_sizes(s, m)))})"
+                              for axis, s, m in bad)
+            raise ValueError(f"input size {list(size)} is not divisible by {list(self.size_multiple)} per axis "
+                             f"(patch size x the three merge strides): {hints}")
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError for an input this network cannot take, naming sizes that work."""
-        if x.dim() != 4:
-            raise ValueError(f"SwinUnet is a 2D network and expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.dim() != self.spatial_dims + 2:
+            layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
+            raise ValueError(f"this SwinUnet is a {self.spatial_dims}D network and expects {layout} input, "
+                             f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.input_channels:
             raise ValueError(
                 f"input has {x.shape[1]} channels but the network was built for input_channels={self.input_channels}"
             )
-        m = self.size_multiple
-        bad = [(axis, s) for axis, s in zip("HW", x.shape[2:]) if s % m]
-        if bad:
-            hints = ", ".join(f"{axis}={s} (nearest: {' or '.join(map(str, nearest_valid_sizes(s, m)))})"
-                              for axis, s in bad)
-            raise ValueError(f"input size {tuple(x.shape[2:])} is not divisible by {m} "
-                             f"(patch_size x 2^3 merges): {hints}")
+        self._check_size(tuple(x.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
@@ -851,10 +990,14 @@ class SwinUnet(nn.Module):
         return self.decoder.forward_tokens(self.encoder.forward_tokens(x))
 
 
-def _check_options(input_channels, num_classes, patch_size, embed_dim, depths, num_heads, window_size,
+def _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths, num_heads,
                    drop_path_rate, upsampling, num_skips) -> None:
     if input_channels < 1 or num_classes < 1:
         raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels} and {num_classes}")
+    for name, value in (("patch_size", patch), ("window_size", window), *(("merge_strides", m) for m in merges)):
+        if len(value) != spatial_dims or min(value) < 1:
+            raise ValueError(f"{name} needs one positive int per axis ({spatial_dims} for a {spatial_dims}D network), "
+                             f"got {list(value)}")
     if len(depths) != NUM_STAGES or len(num_heads) != NUM_STAGES:
         raise ValueError(f"depths and num_heads need {NUM_STAGES} entries (three merging stages and the "
                          f"bottleneck), got {list(depths)} and {list(num_heads)}")
@@ -863,8 +1006,6 @@ def _check_options(input_channels, num_classes, patch_size, embed_dim, depths, n
     for i, heads in enumerate(num_heads):
         if (embed_dim * 2**i) % heads:
             raise ValueError(f"stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}]={heads}")
-    if patch_size < 1 or window_size < 1:
-        raise ValueError(f"patch_size and window_size must be >= 1, got {patch_size} and {window_size}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     if upsampling not in UPSAMPLING_MODES:

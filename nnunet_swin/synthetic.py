@@ -132,6 +132,54 @@ def write_synthetic_dataset(
     return write_raw_dataset(raw_root, dataset_id, name, train, test, SYNTHETIC_LABELS, "synthetic")
 
 
+def synthetic_volume(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A volume (float32, z x y x x) and its label map (uint8) whose every slice is an independent synthetic
+    case: a thick-slice stack, as in anisotropic MRI."""
+    slices = [synthetic_case(rng, shape[1:]) for _ in range(int(shape[0]))]
+    return np.stack([s[0] for s in slices]).astype(np.float32), np.stack([s[1] for s in slices])
+
+
+def _save_nifti(volume: np.ndarray, spacing: Sequence[float], path: str) -> None:
+    """Save a (z, y, x[, c]) array as NIfTI, which stores (x, y, z[, c]), with voxel ``spacing`` (z, y, x)."""
+    import nibabel as nib
+
+    affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
+    nib.save(nib.Nifti1Image(np.moveaxis(volume, (0, 1, 2), (2, 1, 0)), affine), path)
+
+
+def write_synthetic_volumes(
+    raw_root: str,
+    dataset_id: int = 992,
+    name: str = "SwinSynthetic3D",
+    num_train: int = 6,
+    num_test: int = 2,
+    shape: Sequence[int] = (16, 48, 40),
+    spacing: Sequence[float] = (3.0, 1.0, 1.0),
+    seed: int = 0,
+) -> RawDataset:
+    """The synthetic task as anisotropic volumes (``shape`` and ``spacing`` z, y, x) in nnU-Net raw format
+    (NIfTI), for 3D configurations; test cases go to imagesTs/labelsTs as in ``write_raw_dataset``."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    cases: dict[str, list[str]] = {"Tr": [], "Ts": []}
+    for i in range(num_train + num_test):
+        split = "Tr" if i < num_train else "Ts"
+        case_id = f"vol_{i:03d}" if split == "Tr" else f"vol_test_{i - num_train:03d}"
+        img, seg = synthetic_volume(rng, shape)
+        for sub in (f"images{split}", f"labels{split}"):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        _save_nifti(img, spacing, os.path.join(folder, f"images{split}", f"{case_id}_0000.nii.gz"))
+        _save_nifti(seg, spacing, os.path.join(folder, f"labels{split}", f"{case_id}.nii.gz"))
+        cases[split].append(case_id)
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": SYNTHETIC_LABELS, "numTraining": num_train,
+                    "file_ending": ".nii.gz", "name": name, "description": "written by nnunet_swin.synthetic"}
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=2)
+    return RawDataset(folder, int(dataset_id), name, cases["Tr"], cases["Ts"], dict(SYNTHETIC_LABELS))
+
+
 def write_msd_task(
     parent: str,
     task: str = "Task97_SynthMSD",
@@ -146,31 +194,26 @@ def write_msd_task(
     the modalities last when there are several, as in MSD), and MSD's ``dataset.json`` (``modality``,
     ``labels`` with string keys, ``training`` pairs, ``test``). ``shape`` and ``spacing`` are (z, y, x);
     every slice is an independent synthetic case. Returns the folder."""
-    import nibabel as nib
-
     rng = np.random.default_rng(seed)
     folder = os.path.join(parent, task)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     prefix = task.split("_", 1)[1].lower()
-    affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
 
     def volume() -> tuple[np.ndarray, np.ndarray]:
-        slices = [synthetic_case(rng, shape[1:]) for _ in range(int(shape[0]))]
-        img = np.stack([s[0] for s in slices]).astype(np.float32)  # z, y, x
-        seg = np.stack([s[1] for s in slices])
+        img, seg = synthetic_volume(rng, shape)
         channels = [img] + [255 - img + rng.normal(0, 5, img.shape) for _ in modalities[1:]]
-        data = np.stack([c.transpose(2, 1, 0) for c in channels], -1)  # x, y, z, c as NIfTI stores it
-        return (data if len(modalities) > 1 else data[..., 0]).astype(np.float32), seg.transpose(2, 1, 0)
+        data = np.stack(channels, -1)  # z, y, x, c
+        return (data if len(modalities) > 1 else data[..., 0]).astype(np.float32), seg
 
     training, test = [], []
     for i in range(num_train + num_test):
         name = f"{prefix}_{i:03d}.nii.gz"
         img, seg = volume()
         split = "Tr" if i < num_train else "Ts"
-        nib.save(nib.Nifti1Image(img, affine), os.path.join(folder, f"images{split}", name))
+        _save_nifti(img, spacing, os.path.join(folder, f"images{split}", name))
         if split == "Tr":
-            nib.save(nib.Nifti1Image(seg.astype(np.uint8), affine), os.path.join(folder, "labelsTr", name))
+            _save_nifti(seg.astype(np.uint8), spacing, os.path.join(folder, "labelsTr", name))
             training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
         else:
             test.append(f"./imagesTs/{name}")

@@ -116,8 +116,8 @@ def _check_official_buffer(model: SwinUnet, ours: str, value: torch.Tensor) -> s
         return None
     # attn_mask (nW, N, N) belongs to a square stage of side sqrt(nW) * M
     side = round(value.shape[0] ** 0.5) * round(value.shape[1] ** 0.5)
-    wh, sh = window_geometry(side, block.window_size, block.shifted)
-    expected = attention_mask(side, side, wh, wh, sh, sh, torch.device("cpu"))
+    wh, sh = window_geometry(side, block.window_size[0], block.shifted)
+    expected = attention_mask((side, side), (wh, wh), (sh, sh), torch.device("cpu"))
     if expected is None or expected.shape != value.shape or not torch.equal(expected, value.float().cpu()):
         return f"attn_mask {tuple(value.shape)} is not the shift mask of a {side}x{side} stage at window {block.window_size}"
     return None
@@ -249,23 +249,77 @@ def _source_config(state_dict: StateDict) -> dict:
 
 
 def _to_timm_layout(state_dict: StateDict, model: SwinUnet, config: dict) -> StateDict:
-    """Microsoft or timm layout -> timm layout at this model's window and patch size, by timm's own
-    ``checkpoint_filter_fn`` (moves PatchMerging to the start of the next stage, drops persisted
-    buffers, resizes relative-position tables and resamples the patch kernel)."""
+    """Microsoft or timm layout -> timm layout at this model's in-plane window and patch size (the last
+    two axes; all of them in 2D), by timm's own ``checkpoint_filter_fn`` (moves PatchMerging to the start
+    of the next stage, drops persisted buffers, resizes relative-position tables and resamples the patch
+    kernel)."""
     import timm
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    window = model.encoder.stages[0].blocks[0].attn.window_size
-    patch = model.encoder.patch_embed.proj.kernel_size[0]
+    window = model.encoder.stages[0].blocks[0].attn.window_size[-2:]
+    patch = model.encoder.patch_embed.proj.kernel_size[-2:]
     skeleton = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, device="meta", num_classes=0, **config,
-        window_size=window, patch_size=patch, img_size=patch * 8 * window * 2,  # no stage clamps the window
+        window_size=window, patch_size=patch,
+        img_size=tuple(p * 8 * w * 2 for p, w in zip(patch, window)),  # no stage clamps the window
     )
     microsoft = "layers.0.downsample.reduction.weight" in state_dict
     if not microsoft and "head.fc.weight" not in state_dict:
         # timm tells the layouts apart by its head; a headless timm dict must not be taken for Microsoft's
         state_dict = {**state_dict, "head.fc.weight": torch.empty(0)}
     return checkpoint_filter_fn(state_dict, skeleton)
+
+
+_MERGE_KEY = re.compile(r"encoder\.stages\.(\d)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)$")
+
+
+def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """The 3D counterpart of a 2D Swin tensor (depth is the first spatial axis), as video Swin models
+    inflate ImageNet weights, chosen so that a volume constant along depth gives on every slice exactly
+    the 2D encoder's features of that slice (up to the -100 of the shift mask, as in 2D):
+
+    - patch kernel: replicated over the ``pd`` depth taps and divided by ``pd``;
+    - relative-position table: the 2D table repeated for every depth offset (a bias that does not depend
+      on depth, so attention over a depth-constant window averages identical keys);
+    - PatchMerging with stride ``(sd, 2, 2)``: its ``4 * sd`` channel blocks are ordered depth offset
+      fastest, so each 2D block is repeated ``sd`` times in the LayerNorm (the statistics of duplicated
+      blocks are the 2D ones) and its reduction weight is split evenly over the ``sd`` depth offsets
+      (every token of the group contributes, rather than offset 0 only);
+    - per-token tensors (LayerNorms, qkv, proj, MLP, biases) are shape-free in depth and come back as
+      they are, as does everything whose depth extent is 1 (``sd = 1``: the 2D group).
+
+    Returns the tensor and how it was inflated (None when unchanged)."""
+    if target == "encoder.patch_embed.proj.weight":
+        depth = model.encoder.patch_embed.proj.kernel_size[0]
+        return (value[:, :, None].expand(-1, -1, depth, -1, -1) / depth,
+                f"inflated to a 3D kernel of depth {depth}: the 2D kernel replicated along depth and divided "
+                f"by {depth}")
+    if target.endswith("relative_position_bias_table"):
+        offsets = 2 * model.get_submodule(target.rsplit(".", 1)[0]).window_size[0] - 1
+        if offsets == 1:
+            return value, None
+        return value.repeat(offsets, 1), (f"inflated: the 2D table repeated for each of the {offsets} depth offsets "
+                                          f"{tuple(value.shape)} -> ({offsets * value.shape[0]}, {value.shape[1]})")
+    m = _MERGE_KEY.match(target)
+    if m:
+        depth = model.encoder.stages[int(m.group(1))].downsample.stride[0]
+        if depth == 1:
+            return value, None
+        blocks = value.unflatten(-1, (4, 1, -1)).expand(*value.shape[:-1], 4, depth, -1)
+        if m.group(2) == "reduction.weight":
+            return ((blocks / depth).flatten(-3),
+                    f"inflated: each 2D channel block's weight split evenly over the {depth} depth offsets")
+        return blocks.flatten(-3), f"inflated: each 2D channel block repeated for the {depth} depth offsets"
+    return value, None
+
+
+def _merge_without_counterpart(model: SwinUnet, stage: int) -> str | None:
+    """Why the 2D 2x2 merging has no counterpart in our merging after ``stage`` (None when it has one)."""
+    stride = model.encoder.stages[stage].downsample.stride
+    if stride[-2:] == (2, 2):
+        return None
+    return (f"our merging after stage {stage} has stride {list(stride)}, not 2x2 in-plane (a plan with fewer "
+            f"poolings); a 2x2 merging has no faithful counterpart, so it keeps its initialisation")
 
 
 def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping, *,
@@ -280,6 +334,13 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     window differs, and with ``mirror_decoder`` the encoder blocks are copied into the decoder blocks
     at the same resolution (the official ``load_from``). Extra source blocks (Swin-T has 6 in its third
     stage) are reported as ignored; fusion, expand, norm and head layers stay random.
+
+    A 3D model (``spatial_dims=3``) gets the 2D weights inflated along its first (depth) axis so that a
+    volume constant along depth reproduces the 2D encoder on its slices (``_inflate``): the patch kernel
+    replicated over depth and divided by its depth, the bias tables repeated for every depth offset, each
+    merging's channel blocks spread evenly over its depth offsets; in-plane patch and window go through
+    the same resampling as in 2D. A merging that is not 2x2 in-plane (2D or 3D) stays random and the
+    source merging is reported as ignored with the reason; ``report.adapted`` says what was inflated.
     """
     from timm.models import adapt_input_conv
 
@@ -287,6 +348,13 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     config = _source_config(raw)
     ours = model.state_dict()
     report = LoadReport(notes=[f"source: {origin}, embed_dim {config['embed_dim']}, depths {list(config['depths'])}"])
+    if model.spatial_dims == 3:
+        report.notes.append(
+            f"2D weights inflated along depth (the first axis) for this 3D model: patch kernel of depth "
+            f"{model.encoder.patch_embed.proj.kernel_size[0]}, relative-position tables over "
+            f"{2 * model.encoder.stages[0].blocks[0].attn.window_size[0] - 1} depth offsets, mergings of depth "
+            f"strides {[stage.downsample.stride[0] for stage in model.encoder.stages[:-1]]}; a volume constant "
+            f"along depth gives the 2D encoder's features on every slice")
     converted = _to_timm_layout(raw, model, config)
     for k in raw:
         if k.endswith(_BUFFERS):
@@ -294,10 +362,14 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     targets: StateDict = {}
     problems = []
 
-    def put(target: str, src: str, value: torch.Tensor, how: str | None = None) -> None:
+    def put(target: str, src: str, value: torch.Tensor, *hows: str | None) -> None:
         if target not in ours:
             report.ignored[source_key(src)] = f"the model has no {target}"
             return
+        if model.spatial_dims == 3:
+            value, inflated = _inflate(model, target, value)
+            hows = (*hows, inflated)
+        how = "; ".join(h for h in hows if h)
         if ours[target].shape != value.shape:
             problems.append(f"{src} -> {target}: source {tuple(value.shape)} vs model {tuple(ours[target].shape)}")
             return
@@ -326,13 +398,17 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
             if v.shape[1] != model.input_channels:
                 hows.append(f"{v.shape[1]} -> {model.input_channels} input channels (timm adapt_input_conv)")
                 v = adapt_input_conv(model.input_channels, v)
-            put("encoder.patch_embed.proj.weight", k, v, "; ".join(hows) or None)
+            put("encoder.patch_embed.proj.weight", k, v, *hows)
             continue
         m = re.match(r"layers\.(\d)\.(blocks\.\d+\..*|downsample\..*)$", k)
         if m:
             stage, rest = int(m.group(1)), m.group(2)
             if rest.startswith("downsample"):  # timm: merging that starts stage i ends our stage i-1
-                put(f"encoder.stages.{stage - 1}.{rest}", k, v)
+                why = _merge_without_counterpart(model, stage - 1)
+                if why:
+                    report.ignored[source_key(k)] = why
+                else:
+                    put(f"encoder.stages.{stage - 1}.{rest}", k, v)
                 continue
             how = None
             if k.endswith("relative_position_bias_table") and raw_tables.get(k, v.shape) != v.shape:
@@ -340,7 +416,7 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
             put(f"encoder.stages.{stage}.{rest}", k, v, how)
             mirror = f"decoder.stages.{NUM_STAGES - 1 - stage}.{rest}"  # official load_from: layers.i -> layers_up.3-i
             if mirror_decoder and mirror in ours:
-                put(mirror, k, v.clone(), f"mirrored from encoder {k}" + (f"; {how}" if how else ""))
+                put(mirror, k, v.clone(), f"mirrored from encoder {k}", how)
             continue
         put(f"encoder.{k}", k, v)
     if problems:

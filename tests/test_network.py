@@ -125,7 +125,7 @@ def test_sdpa_equals_explicit_window_attention(masked):
     """The two formulas behind ``fused``: on the CPU the model takes the explicit one, so compare directly."""
     q, k, v = (torch.randn(2, 4, 3, 49, 8, requires_grad=True) for _ in range(3))
     bias = torch.randn(3, 49, 49, requires_grad=True)
-    mask = attention_mask(28, 28, 7, 7, 3, 3, torch.device("cpu")) if masked else None
+    mask = attention_mask((28, 28), (7, 7), (3, 3), torch.device("cpu")) if masked else None
     additive = bias[None] if mask is None else bias + mask[:, None][:4]
     outs, grads = [], []
     for sdpa in (True, False):
@@ -167,8 +167,8 @@ def test_shift_mask_matches_the_official_three_bands():
             cnt += 1
     win = labels.view(h // m, m, h // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)
     official = (win[:, None, :] != win[:, :, None]).float() * -100.0
-    assert torch.equal(attention_mask(h, h, m, m, s, s, torch.device("cpu")), official)
-    assert attention_mask(h, h, m, m, 0, 0, torch.device("cpu")) is None  # tiling and unshifted: no mask
+    assert torch.equal(attention_mask((h, h), (m, m), (s, s), torch.device("cpu")), official)
+    assert attention_mask((h, h), (m, m), (0, 0), torch.device("cpu")) is None  # tiling and unshifted: no mask
 
 
 def test_pad_then_shift_keeps_windows_whole():
@@ -176,8 +176,8 @@ def test_pad_then_shift_keeps_windows_whole():
     shifted block attends to at least 9 real keys (rolling the real 64 and padding afterwards split the
     wrapped band: five tokens saw at most 2 keys, one only itself)."""
     h, m, s = 64, 7, 3
-    mask = attention_mask(h, h, m, m, s, s, torch.device("cpu"))
-    order, _ = network.window_order(h, h, m, m, s, s, torch.device("cpu"))
+    mask = attention_mask((h, h), (m, m), (s, s), torch.device("cpu"))
+    order, _ = network.window_order((h, h), (m, m), (s, s), torch.device("cpu"))
     real = (order < h * h).view(mask.shape[0], -1)  # nW, N: real query tokens
     visible = (mask == 0).sum(-1)  # keys each query attends to with weight not scaled by -100 or -inf
     assert visible[real].min() >= 9
@@ -193,16 +193,17 @@ def test_geometry_is_shared_between_blocks_and_bounded(monkeypatch):
     with torch.no_grad():
         model(torch.randn(1, 1, 64, 96))
     assert len(network._GEOMETRY_CACHE) == 8  # 4 stage sizes x (shifted, not): encoder and decoder share them
-    assert {(key[0], key[1]) for key in network._GEOMETRY_CACHE} == {(16, 24), (8, 12), (4, 6), (2, 3)}
+    assert {key[0] for key in network._GEOMETRY_CACHE} == {(16, 24), (8, 12), (4, 6), (2, 3)}
     limit = 2 * 2**20
     monkeypatch.setattr(network, "GEOMETRY_CACHE_BYTES", limit)
     for k in range(1, 41):  # 40 more stage sizes, as whole images of many sizes would bring
         for shifted in (False, True):
-            network.stage_geometry(8 * k, 64, 7, shifted, torch.device("cpu"))
+            network.stage_geometry((8 * k, 64), (7, 7), shifted, torch.device("cpu"))
         held = sum(g.nbytes for g in network._GEOMETRY_CACHE.values())
         assert held <= limit or len(network._GEOMETRY_CACHE) == 8
     assert 8 <= len(network._GEOMETRY_CACHE) < 40
-    assert (320, 64, 7, True, "cpu") in network._GEOMETRY_CACHE and (64, 64, 7, True, "cpu") not in network._GEOMETRY_CACHE
+    assert ((320, 64), (7, 7), True, "cpu") in network._GEOMETRY_CACHE
+    assert ((64, 64), (7, 7), True, "cpu") not in network._GEOMETRY_CACHE
 
 
 def test_inference_mode_does_not_poison_training():

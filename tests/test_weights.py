@@ -492,3 +492,130 @@ def test_state_dict_round_trip_with_and_without_deep_supervision(tmp_path):
             assert torch.equal(out[0], y)
         else:
             assert torch.equal(out, y)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 7. ImageNet initialisation in 3D: 2D weights inflated along depth (the first axis)
+
+ANISO = dict(spatial_dims=3, patch_size=(2, 4, 4), merge_strides=[(2, 2, 2), (1, 2, 2), (2, 2, 2)],
+             window_size=(3, 7, 7))  # depth: tokens 8, 4, 4, 2 at window 3 (padded and shifted at 8)
+
+
+def depth_constant(x: torch.Tensor, depth: int) -> torch.Tensor:
+    return x[:, :, None].expand(-1, -1, depth, -1, -1).contiguous()
+
+
+@pytest.mark.parametrize("layout", ["timm", "microsoft"])
+def test_3d_inflation_reproduces_2d_encoder_on_depth_constant_volume(sources, layout):
+    """Every encoder feature of the inflated 3D model on a volume constant along depth is the 2D model's
+    feature of that image on every slice: patch embedding, the Swin blocks (in-plane windows padded and
+    shifted at 64x64, depth windows of 3 padded and shifted at 8 tokens), mergings with depth stride 2 and 1,
+    and the bottleneck norm."""
+    source = sources[layout][0]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(15))
+    model2d, model3d = SwinUnet(3, 2).eval(), SwinUnet(3, 2, **ANISO).eval()
+    load_pretrained_encoder(model2d, source)
+    report = load_pretrained_encoder(model3d, source)
+    with torch.no_grad():
+        flat, volume = model2d.encoder(x), model3d.encoder(depth_constant(x, 16))
+    assert [tuple(f.shape[2:]) for f in volume] == [(8, 16, 16), (4, 8, 8), (4, 4, 4), (2, 2, 2)]
+    for scale, (a, b) in enumerate(zip(flat, volume, strict=True)):
+        assert rel_err(b, depth_constant(a, b.shape[2])) < 1e-5, f"feature {scale}"
+    assert any("inflated along depth" in n and "[2, 1, 2]" in n for n in report.notes)
+
+
+def test_3d_inflated_tensors_and_report(sources):
+    sd = sources["timm"][0]
+    model = SwinUnet(3, 2, **ANISO)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_pretrained_encoder(model, sd)
+    state = model.state_dict()
+
+    kernel = state["encoder.patch_embed.proj.weight"]
+    assert kernel.shape == (96, 3, 2, 4, 4)
+    assert torch.allclose(kernel[:, :, 0], sd["patch_embed.proj.weight"] / 2)
+    assert torch.equal(kernel[:, :, 0], kernel[:, :, 1])
+
+    tables = [k for k in state if k.endswith("relative_position_bias_table")]
+    assert len(tables) == 8 + 6  # encoder blocks and their decoder mirrors
+    for key in tables:
+        m = re.match(r"(encoder|decoder)\.stages\.(\d)\.(blocks\.\d)\.", key)
+        stage = int(m.group(2)) if m.group(1) == "encoder" else 3 - int(m.group(2))
+        src = sd[f"layers.{stage}.{m.group(3)}.attn.relative_position_bias_table"]
+        assert state[key].shape == (5 * 169, src.shape[1])  # (2*3 - 1) depth offsets x (2*7 - 1)^2
+        per_offset = state[key].view(5, 169, -1)
+        assert torch.equal(per_offset[2], src)  # depth offset 0 is the centre: the 2D table
+        assert all(torch.equal(t, src) for t in per_offset)
+        assert "inflated" in report.adapted[key] and "5 depth offsets" in report.adapted[key]
+    # the merging's channel blocks run depth offset fastest: (d, h, w) = (0,0,0), (1,0,0), (0,1,0), ...
+    c = 96
+    norm = state["encoder.stages.0.downsample.norm.weight"].view(4, 2, c)
+    reduction = state["encoder.stages.0.downsample.reduction.weight"].view(2 * c, 4, 2, c)
+    src_norm = sd["layers.1.downsample.norm.weight"].view(4, c)
+    src_reduction = sd["layers.1.downsample.reduction.weight"].view(2 * c, 4, c)
+    assert torch.equal(norm[:, 0], src_norm) and torch.equal(norm[:, 1], src_norm)
+    assert torch.allclose(reduction[:, :, 0], src_reduction / 2) and torch.equal(reduction[:, :, 0], reduction[:, :, 1])
+    assert torch.allclose(reduction.sum(2), src_reduction)  # a depth-constant group gives the 2D result
+    # depth stride 1: the 3D group is the 2D one, loaded unchanged
+    assert torch.equal(state["encoder.stages.1.downsample.reduction.weight"],
+                       sd["layers.2.downsample.reduction.weight"])
+    assert "encoder.stages.1.downsample.reduction.weight" in report.loaded
+
+    inflated = {k for k, how in report.adapted.items() if "inflated" in how}
+    merges = {f"encoder.stages.{i}.downsample.{t}"
+              for i in (0, 2) for t in ("norm.weight", "norm.bias", "reduction.weight")}
+    assert inflated == {"encoder.patch_embed.proj.weight", *tables, *merges}
+    # per-token tensors are the 2D ones; the decoder mirrors the encoder; the rest kept its initialisation
+    assert torch.equal(state["encoder.stages.2.blocks.1.mlp.fc1.weight"], sd["layers.2.blocks.1.mlp.fc1.weight"])
+    assert torch.equal(state["decoder.stages.1.blocks.1.attn.qkv.weight"], sd["layers.2.blocks.1.attn.qkv.weight"])
+    assert torch.equal(state["encoder.norm.weight"], sd["norm.weight"])
+    assert set(report.random) == {k for k in state if k.startswith("decoder.") and ".blocks." not in k}
+    assert all(torch.equal(state[k], before[k]) for k in report.random)
+    assert set(report.ignored) == {"head.fc.weight", "head.fc.bias"} | {
+        k for k in sd if re.match(r"layers\.2\.blocks\.[2-5]\.", k)}
+
+
+def test_3d_in_plane_resampling_and_grayscale(sources):
+    """In-plane patch 2 and window 8 go through timm's resampling first, then the inflation; one input channel
+    is the RGB sum, inflated."""
+    sd = sources["timm"][0]
+    model = SwinUnet(1, 2, spatial_dims=3, patch_size=(1, 2, 2), merge_strides=[(1, 2, 2)] * 3, window_size=(2, 8, 8))
+    report = load_pretrained_encoder(model, sd)
+    state = model.state_dict()
+    key = "encoder.stages.1.blocks.0.attn.relative_position_bias_table"
+    resized = resize_rel_pos_bias_table(sd["layers.1.blocks.0.attn.relative_position_bias_table"], (8, 8), (225, 6))
+    assert state[key].shape == (3 * 225, 6)
+    assert torch.allclose(state[key].view(3, 225, 6)[1], resized)
+    assert "resized (169, 6) -> (225, 6)" in report.adapted[key] and "inflated" in report.adapted[key]
+    kernel = state["encoder.patch_embed.proj.weight"]
+    assert kernel.shape == (96, 1, 1, 2, 2)
+    how = report.adapted["encoder.patch_embed.proj.weight"]
+    assert "(4, 4) -> (2, 2)" in how and "3 -> 1 input channels" in how and "depth 1" in how
+    assert not any(".downsample." in k and "inflated" in text for k, text in report.adapted.items())  # depth stride 1
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_merging_without_in_plane_counterpart_stays_random(sources, spatial_dims):
+    """A plan with few poolings gives mergings of stride 1 in-plane (hippocampus: [2,2,2], [1,1,1], [1,1,1]);
+    a 2x2 merging has no faithful counterpart there: reported ignored with the reason, kept at initialisation,
+    and the features before it still match the 2D model."""
+    sd = sources["microsoft"][1]
+    model = SwinUnet(3, 2, spatial_dims=spatial_dims, patch_size=4, window_size=7,
+                     merge_strides=[(2,) * spatial_dims, (1,) * spatial_dims, (1,) * spatial_dims]).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_pretrained_encoder(model, sources["microsoft"][0])
+    for stage in (1, 2):
+        for t in ("norm.weight", "norm.bias", "reduction.weight"):
+            assert f"layers.{stage}.downsample.{t}" in sd
+            assert "not 2x2 in-plane" in report.ignored[f"layers.{stage}.downsample.{t}"]
+            ours = f"encoder.stages.{stage}.downsample.{t}"
+            assert ours in report.random and torch.equal(model.state_dict()[ours], before[ours])
+    assert "encoder.stages.0.downsample.reduction.weight" in report.loaded + list(report.adapted)
+    model2d = SwinUnet(3, 2).eval()
+    load_pretrained_encoder(model2d, sources["microsoft"][0])
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(16))
+    with torch.no_grad():
+        flat = model2d.encoder(x)[:2]
+        ours = model.encoder(x if spatial_dims == 2 else depth_constant(x, 8))[:2]
+    for a, b in zip(flat, ours):
+        assert rel_err(b, a if spatial_dims == 2 else depth_constant(a, b.shape[2])) < 1e-5

@@ -3,19 +3,28 @@ class attributes.
 
 What this adds to nnU-Net's ``nnUNetTrainer``:
 
-* Patch size: the plan's 2D patch is rounded up, per axis, to the network's multiple (patch embedding x
-  2^3: 32 by default, 64 with ``network_options={"patch_size": 8}``) in the plans dict inside ``__init__``,
-  *before* ``nnUNetTrainer.__init__`` builds its ConfigurationManager (``PlansManager`` keeps the dict
-  itself, but ``get_configuration`` deep-copies the configuration and caches it). ``plans.json`` in the
-  results folder (written from that same dict), the final validation, ``nnUNetv2_predict``, ensembling
-  and export all see the same size.
-* The network is built from class attributes in ``build_network_architecture`` (a classmethod with
-  nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class name alone).
-* Deep supervision at the network's own scales (1, 1/4, 1/8, 1/16) with nnU-Net's loss weighting, or
-  off (``deep_supervision = False``) with ``set_deep_supervision_enabled`` turned into a no-op. Output
-  heads whose loss weight is 0 (all auxiliary heads with DS off, the 1/16 head with DS on) are frozen
-  (``requires_grad=False``): they exist for strict checkpoint loading but take no part in training, so
-  DDP as nnU-Net wraps it (no ``find_unused_parameters``) finds no unused parameter.
+* One network for 2D and 3D configurations. In 2D it is the paper's (patch 4, three 2x mergings). In 3D
+  (3d_fullres, 3d_lowres, 3d_cascade_fullres) the embedding and merging strides per axis come from the
+  plan's pooling (``strides_from_pooling(pool_op_kernel_sizes)``), so an axis nnU-Net does not pool (thick
+  slices) is not merged either, and the window is fitted per axis to the first stage (``fit_window_size``);
+  ``network_options_3d`` holds the 3D defaults (width, gradient checkpointing). Options merge as: 3D
+  defaults < what the plan gives < the trainer's ``network_options``.
+* Patch size: the plan's patch is rounded up, per axis, to the network's own multiple (patch embedding x
+  the three merge strides: 32 x 32 in 2D, 64 with ``network_options={"patch_size": 8}``; in 3D a divisor
+  of nnU-Net's patch, so normally unchanged) in the plans dict inside ``__init__``, *before*
+  ``nnUNetTrainer.__init__`` builds its ConfigurationManager (``PlansManager`` keeps the dict itself, but
+  ``get_configuration`` deep-copies the configuration and caches it). ``plans.json`` in the results folder
+  (written from that same dict), the final validation, ``nnUNetv2_predict``, ensembling and export all see
+  the same size.
+* The network is built from class attributes and the plan in ``build_network_architecture`` (a
+  classmethod with nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class
+  name and plans alone). A configuration the network cannot take stops with an error naming those that work.
+* Deep supervision at the network's own output strides (2D: 1, 1/4, 1/8, 1/16; 3D: per axis, e.g.
+  [1, 1/4, 1/4] on a thick-slice axis) with nnU-Net's loss weighting, or off (``deep_supervision =
+  False``) with ``set_deep_supervision_enabled`` turned into a no-op. Output heads whose loss weight is 0
+  (all auxiliary heads with DS off, the coarsest head with DS on) are frozen (``requires_grad=False``):
+  they exist for strict checkpoint loading but take no part in training, so DDP as nnU-Net wraps it (no
+  ``find_unused_parameters``) finds no unused parameter.
 * A transformer recipe: AdamW (lr 3e-4, wd 5e-2 except norms, biases and position tables), linear
   warm-up over the first 5 % of epochs (Primus: 50 of 1000), poly decay, gradient clipping at 1.
   ``recipe = "sgd"`` gives the paper's SGD (lr 0.05, momentum 0.9, wd 1e-4, poly 0.9).
@@ -25,16 +34,18 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
   autocasts to fp16, ``SwinUnet.forward`` switches autocast off and computes in fp32.
 * Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
   explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
-* 3D configurations are refused with an error naming the configurations that work.
+* The training log states the network derived from the plan: strides, token grid and window per stage,
+  parameters, and the activation memory one batch saves for backward (measured with fake tensors).
 * ImageNet initialisation (``imagenet_pretrained = True``) at the start of a fresh training, never in
-  ``build_network_architecture`` (which also runs at inference).
+  ``build_network_architecture`` (which also runs at inference); in 3D the loader inflates Swin-T's 2D
+  weights along depth.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,12 +58,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_swin.network import NUM_STAGES, SwinUnet
+from nnunet_swin.network import NUM_STAGES, SwinUnet, fit_window_size, strides_from_pooling
 
-#: The default network's input sides must be multiples of this (patch embedding 4 x three 2x merges).
-SIZE_MULTIPLE = 4 * 2 ** (NUM_STAGES - 1)
-#: Deep-supervision output scales of SwinUnet relative to the patch, highest resolution first.
-DS_SCALES = (1.0, 1 / 4, 1 / 8, 1 / 16)
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
 PRETRAINED_ENV = "NNUNET_SWIN_PRETRAINED"
 #: timm model whose cached weights the IN1k trainers use when the variable is unset.
@@ -60,34 +67,58 @@ PRETRAINED_TIMM_NAME = "swin_tiny_patch4_window7_224.ms_in1k"
 
 
 class UnsupportedConfigurationError(ValueError):
-    """Raised for configurations Swin-Unet (a 2D network) cannot train, e.g. 3d_fullres."""
+    """Raised for a configuration the trainer's network cannot be built for; the message names those that work."""
 
 
-def round_patch_size(patch_size, multiple: int = SIZE_MULTIPLE) -> list[int]:
-    """Round every side up to a multiple of ``multiple`` (never smaller than planned)."""
-    return [int(math.ceil(int(s) / multiple) * multiple) for s in patch_size]
+def round_patch_size(patch_size: Sequence[int], multiple: int | Sequence[int]) -> list[int]:
+    """Round every side up to its multiple (one int for all axes or one per axis); never smaller than planned."""
+    multiples = [int(multiple)] * len(patch_size) if isinstance(multiple, int) else [int(m) for m in multiple]
+    return [int(math.ceil(int(s) / m) * m) for s, m in zip(patch_size, multiples, strict=True)]
 
 
-def two_d_configurations(plans: dict) -> list[str]:
-    """Names of the configurations in ``plans`` whose patch is 2D (what Swin-Unet can train)."""
-    pm = PlansManager(plans)
-    names = []
-    for name in plans.get("configurations", {}):
-        try:
-            if len(pm.get_configuration(name).patch_size) == 2:
-                names.append(name)
-        except Exception:  # a broken or partial configuration is simply not offered
-            continue
-    return names
+def deep_supervision_scales(output_strides: Sequence[Sequence[int]]) -> list[list[float]]:
+    """nnU-Net's deep-supervision scales (fraction of the patch per axis, highest resolution first) for a
+    network's output strides, e.g. strides (1, 1, 1), (1, 4, 4), ... -> [1, 1, 1], [1, 0.25, 0.25], ..."""
+    return [[1 / int(s) for s in stride] for stride in output_strides]
 
 
-def _unsupported(configuration: str, plans: dict | None, dims: int) -> UnsupportedConfigurationError:
-    supported = two_d_configurations(plans) if plans is not None else ["2d"]
-    return UnsupportedConfigurationError(
-        f"Swin-Unet is a 2D network: configuration {configuration!r} has a {dims}D patch. Supported "
-        f"configurations: {', '.join(supported) or '2d'} (e.g. `nnUNetv2_train DATASET 2d FOLD -tr ...`). "
-        f"3d_fullres / 3d_lowres / 3d_cascade_fullres are not supported by the Swin-Unet trainers."
-    )
+def saved_activation_bytes(net: nn.Module, input_shape: Sequence[int],
+                           autocast_dtype: torch.dtype | None = None) -> int:
+    """Bytes of unique storage one training forward of ``input_shape`` keeps for backward, parameters not
+    counted. Measured with fake tensors (shapes and dtypes only: no memory, no arithmetic), so it is cheap
+    for any patch and batch; ``autocast_dtype`` runs the forward under autocast to that dtype on the
+    network's device type."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nnunet_swin import network
+
+    device = next(net.parameters()).device
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage._cdata] = storage.nbytes()  # keyed by the storage itself: views count once
+        return t
+
+    was_training = net.training
+    # Stage geometries built during the fake forward are fake tensors: they must not stay in the network's
+    # shared cache, where the next real forward at this size would find them.
+    geometries = network._GEOMETRY_CACHE.copy()
+    net.train()
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                    torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = net(torch.empty(*input_shape, device=device))
+            # backward keeps parameters too, some as they are, some as the fake copies ops made of them
+            params = {q.untyped_storage()._cdata for p in net.parameters() for q in (p, mode.from_tensor(p))}
+            total = sum(n for key, n in seen.items() if key not in params)
+            del out
+    finally:
+        net.train(was_training)
+        network._GEOMETRY_CACHE.clear()
+        network._GEOMETRY_CACHE.update(geometries)
+    return total
 
 
 class WarmupPolyLRScheduler(_LRScheduler):
@@ -147,10 +178,14 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     # --- network -------------------------------------------------------------------------------------
     num_skips: int = 3
     upsampling: str = "patch_expand"
-    #: Extra SwinUnet keyword arguments (embed_dim, depths, num_heads, window_size, drop_path_rate, ...).
+    #: Extra SwinUnet keyword arguments for every configuration (embed_dim, depths, num_heads, window_size,
+    #: drop_path_rate, patch_size, merge_strides, ...); they win over the 3D defaults and the plan's strides.
     network_options: dict[str, Any] = {}
+    #: Defaults for 3D configurations only, under ``network_options``: VT-UNet's and SwinUNETR's width and
+    #: gradient checkpointing (a 3D batch holds many more tokens than a 2D one).
+    network_options_3d: dict[str, Any] = {"embed_dim": 48, "gradient_checkpointing": True}
     # --- training recipe -----------------------------------------------------------------------------
-    #: Whether the loss supervises the 1/4, 1/8 and 1/16 outputs too (see README "Deep supervision").
+    #: Whether the loss supervises the three coarser outputs too (see README "Deep supervision").
     deep_supervision: bool = False
     recipe: str = "adamw"  # "adamw" (default transformer recipe) or "sgd" (the paper's)
     warmup_fraction: float = 0.05  # of num_epochs, linear warm-up (AdamW recipe only)
@@ -187,56 +222,107 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
 
     # --- plans ---------------------------------------------------------------------------------------
     @classmethod
-    def size_multiple(cls) -> int:
-        """What every patch side must be a multiple of for this trainer's network (patch embedding x 2^3)."""
-        return int(cls.network_kwargs().get("patch_size", 4)) * 2 ** (NUM_STAGES - 1)
-
-    @classmethod
     def _adapt_plans_for_swin(cls, plans: dict, configuration: str) -> str:
         """Round the configuration's patch to the network's multiple in the plans dict itself; return a log line."""
         if configuration not in plans.get("configurations", {}):
             return f"Swin-Unet: configuration {configuration!r} not in plans; nnU-Net will complain."
-        patch = PlansManager(plans).get_configuration(configuration).patch_size
-        if len(patch) != 2:
-            raise _unsupported(configuration, plans, len(patch))
-        multiple = cls.size_multiple()
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        patch = [int(s) for s in configuration_manager.patch_size]
+        multiple = list(cls.size_multiple(plans_manager, configuration_manager))
         new = round_patch_size(patch, multiple)
-        if list(new) == [int(s) for s in patch]:
-            return (f"Swin-Unet: planned patch size {list(patch)} is already a multiple of {multiple} "
-                    f"per axis; kept.")
+        if new == patch:
+            return f"Swin-Unet: planned patch size {patch} is already a multiple of {multiple} per axis; kept."
         plans["configurations"][configuration]["patch_size"] = new
-        return (f"Swin-Unet: patch size changed from the planned {list(patch)} to {new}: the network needs "
-                f"both sides divisible by {multiple} (patch embedding {multiple // 8} x three 2x patch mergings); "
+        return (f"Swin-Unet: patch size changed from the planned {patch} to {new}: the network needs the sides "
+                f"divisible by {multiple} (patch embedding x the strides of its three patch mergings, per axis); "
                 f"rounded up so no context is lost. Written to the plans, so plans.json, validation and "
                 f"nnUNetv2_predict use {new}. Preprocessed data is unchanged (nnU-Net pads images smaller than "
                 f"the patch).")
 
+    @classmethod
+    def size_multiple(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager
+                      ) -> tuple[int, ...]:
+        """What each patch side must be a multiple of for this trainer's network on this configuration
+        (patch embedding x the three merge strides, per axis: (32, 32) for the default 2D network)."""
+        return tuple(cls.network_for(plans_manager, configuration_manager).size_multiple)
+
     # --- network -------------------------------------------------------------------------------------
     @classmethod
-    def network_kwargs(cls) -> dict[str, Any]:
-        kwargs = dict(cls.network_options)
-        kwargs.setdefault("num_skips", cls.num_skips)
-        kwargs.setdefault("upsampling", cls.upsampling)
+    def network_kwargs(cls, configuration_manager: ConfigurationManager | None = None) -> dict[str, Any]:
+        """SwinUnet keyword arguments for a configuration. 2D (or None): the paper's network with this trainer's
+        options, whatever the plan. 3D: ``network_options_3d`` < embedding and merging strides from the plan's
+        pooling < ``network_options``."""
+        dims = 2 if configuration_manager is None else len(configuration_manager.patch_size)
+        kwargs: dict[str, Any] = {"num_skips": cls.num_skips, "upsampling": cls.upsampling}
+        if dims != 2:
+            kwargs.update(cls.network_options_3d)
+            kwargs.update(strides_from_pooling(configuration_manager.pool_op_kernel_sizes))
+        kwargs.update(cls.network_options)
+        kwargs["spatial_dims"] = dims
+        if dims != 2 and "window_size" not in kwargs:
+            # per axis the largest window up to 7 that pads the first stage by at most 10 % (the patch in the
+            # plans is final by the time a network is built from them, so inference gets the same windows)
+            patch = kwargs["patch_size"]
+            kwargs["window_size"] = fit_window_size(configuration_manager.patch_size,
+                                                    [patch] * dims if isinstance(patch, int) else patch)
         return kwargs
+
+    @classmethod
+    def _new_network(cls, configuration_manager: ConfigurationManager, num_input_channels: int = 1,
+                     num_output_channels: int = 1, deep_supervision: bool = False) -> SwinUnet:
+        return SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
+                        **cls.network_kwargs(configuration_manager))
+
+    @classmethod
+    def configurations_that_work(cls, plans: dict) -> list[str]:
+        """Names of the configurations in ``plans`` this trainer can build its network for."""
+        plans_manager = PlansManager(plans)
+        names = []
+        for name in plans.get("configurations", {}):
+            try:
+                cls._new_network(plans_manager.get_configuration(name))
+            except Exception:  # a configuration the network cannot take, or a broken one, is not offered
+                continue
+            names.append(name)
+        return names
+
+    @classmethod
+    def network_for(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                    num_input_channels: int = 1, num_output_channels: int = 1,
+                    deep_supervision: bool = False) -> SwinUnet:
+        """This trainer's network for a configuration; one it cannot take raises UnsupportedConfigurationError
+        naming the configurations of these plans that work."""
+        try:
+            return cls._new_network(configuration_manager, num_input_channels, num_output_channels, deep_supervision)
+        except (ValueError, TypeError) as e:
+            patch = list(configuration_manager.patch_size)
+            working = cls.configurations_that_work(plans_manager.plans)
+            raise UnsupportedConfigurationError(
+                f"{cls.__name__} cannot build its network for the {len(patch)}D configuration with patch {patch} "
+                f"and nnU-Net pooling {configuration_manager.pool_op_kernel_sizes}: {e}. Configurations of these "
+                f"plans it can train: {', '.join(working) or 'none'}. Swin-Unet takes 2D and 3D patches; in 3D its "
+                f"strides come from the plan's pooling unless network_options sets patch_size / merge_strides "
+                f"(and window_size) for every axis.") from e
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """Runs at training *and* inference (nnUNetv2_predict): builds the network only, loads no weights."""
-        patch = list(configuration_manager.patch_size)
-        if len(patch) != 2:
-            raise _unsupported(f"with patch {patch}", None, len(patch))
-        multiple = cls.size_multiple()
-        if any(s % multiple for s in patch):
-            raise ValueError(f"{cls.__name__}: patch size {patch} is not divisible by {multiple}; these plans were "
-                             f"not written by a Swin-Unet trainer (which rounds it up to {round_patch_size(patch, multiple)}).")
+        """Runs at training *and* inference (nnUNetv2_predict): builds the network from the class and the
+        plans alone, loads no weights."""
         _prefer_bf16_autocast()
         deep_supervision = bool(enable_deep_supervision and cls.deep_supervision)
-        net = SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
-                       **cls.network_kwargs())
+        net = cls.network_for(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                              deep_supervision)
+        patch = [int(s) for s in configuration_manager.patch_size]
+        multiple = list(net.size_multiple)
+        if any(s % m for s, m in zip(patch, multiple)):
+            raise ValueError(f"{cls.__name__}: patch size {patch} is not divisible by the network's multiple "
+                             f"{multiple} per axis; these plans were not rounded for this trainer's network (it "
+                             f"rounds the patch up to {round_patch_size(patch, multiple)} when training starts).")
         # A head whose output the loss ignores gets no gradient; frozen, DDP does not wait for one.
-        weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (len(DS_SCALES) - 1)
+        weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (NUM_STAGES - 1)
         for head, weight in zip(net.decoder.seg_layers, weights, strict=True):
             head.requires_grad_(weight != 0)
         return net
@@ -245,9 +331,9 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     def deep_supervision_weights() -> tuple[float, ...]:
         """Loss weight of each deep-supervision output (highest resolution first): nnU-Net's 1/2^i with the
         coarsest set to 0, normalised. nnU-Net itself uses 1e-6 instead of 0 under DDP without compile
-        (only to keep that head in DDP's graph); here the 1/16 head is frozen instead, so 1 and N GPUs,
+        (only to keep that head in DDP's graph); here the coarsest head is frozen instead, so 1 and N GPUs,
         compiled or not, optimise the same loss."""
-        weights = [1 / 2**i for i in range(len(DS_SCALES))]
+        weights = [1 / 2**i for i in range(NUM_STAGES)]
         weights[-1] = 0.0
         return tuple(w / sum(weights) for w in weights)
 
@@ -262,19 +348,43 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         net = self._unwrapped_network()
         self._init_fingerprint = net.encoder.patch_embed.proj.weight.detach().clone() \
             if hasattr(net.encoder, "patch_embed") and hasattr(net.encoder.patch_embed, "proj") else None
+        self.print_to_log_file(self._network_report(net))
+        scales = self._get_deep_supervision_scales()
         self.print_to_log_file(
-            f"Swin-Unet: {type(self).__name__}: network {self.network_kwargs()}, deep supervision "
-            f"{'on (scales 1, 1/4, 1/8, 1/16)' if self.enable_deep_supervision else 'off'}, recipe {self.recipe} "
+            f"Swin-Unet: deep supervision {f'on (scales {scales})' if scales else 'off'}, recipe {self.recipe} "
             f"(lr {self.initial_lr}, wd {self.weight_decay}, clip {self.grad_clip}), "
-            f"precision {'bf16 autocast' if self.autocast_dtype is not None else 'fp32'}, "
-            f"parameters {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M")
+            f"precision {'bf16 autocast' if self.autocast_dtype is not None else 'fp32'}")
+
+    def _network_report(self, net: SwinUnet) -> str:
+        """The network as derived from the plan, for the log: strides, token grid and window per stage,
+        parameters, and the activations one batch saves for backward."""
+        patch = [int(s) for s in self.configuration_manager.patch_size]
+        kwargs = self.network_kwargs(self.configuration_manager)
+        stages = "; ".join(f"{'x'.join(map(str, st['size']))} tokens, window {'x'.join(map(str, st['window']))}, "
+                           f"{st['dim']} channels" for st in net.describe(patch)["stages"])
+        strides = [list(s) for s in (*net.output_strides[1:], net.size_multiple)]
+        params = sum(p.numel() for p in net.parameters())
+        shape = (self.batch_size, self.num_input_channels, *patch)
+        precision = str(self.autocast_dtype).replace("torch.", "") + " autocast" if self.autocast_dtype else "fp32"
+        try:
+            memory = f"{saved_activation_bytes(net, shape, self.autocast_dtype) / 2**20:.0f} MiB"
+        except Exception as e:  # an estimate for the log: never a reason to stop training
+            memory = f"not measured ({type(e).__name__}: {e})"
+        pooling = f", nnU-Net's pooling {self.configuration_manager.pool_op_kernel_sizes}" if len(patch) != 2 else ""
+        return (f"Swin-Unet: {type(self).__name__}, {len(patch)}D network for {self.configuration_name} "
+                f"(patch {patch}{pooling}): options {kwargs}; strides of the four stages {strides}; stages at "
+                f"this patch: {stages}; parameters "
+                f"{params / 1e6:.2f} M; memory estimate: {memory} of activations saved for backward per batch of "
+                f"{self.batch_size} in {precision}, gradient checkpointing "
+                f"{'on' if kwargs.get('gradient_checkpointing') else 'off'} (measured with fake tensors: shapes only, "
+                f"no compute; parameters, gradients and optimizer state come on top)")
 
     # --- deep supervision ----------------------------------------------------------------------------
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:
             return None
-        dims = len(self.configuration_manager.patch_size)
-        return [[s] * dims for s in DS_SCALES]
+        # from the plans, not self.network: nnU-Net's _build_loss may run before the network exists
+        return deep_supervision_scales(self.network_for(self.plans_manager, self.configuration_manager).output_strides)
 
     def _build_loss(self):
         loss = super()._build_loss()
@@ -397,3 +507,4 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                 f"and `export {PRETRAINED_ENV}=/path/to/swin_tiny_patch4_window7_224.pth`.\n"
                 f"Or train from scratch with nnUNetTrainerSwinUnet.") from e
         self.print_to_log_file(f"Swin-Unet: ImageNet weights loaded from {source}: {self.imagenet_report}")
+

@@ -1,7 +1,8 @@
 """The trainers users name with ``-tr``: each is a few class attributes on top of the shared recipe.
 
-Every class has its own name, hence its own results folder ``<Trainer>__<plans>__2d`` and checkpoint
-identity (nnU-Net keys both by class name).
+Every class has its own name, hence its own results folder ``<Trainer>__<plans>__<configuration>`` and
+checkpoint identity (nnU-Net keys both by class name). Every one trains 2D and 3D configurations (3D:
+strides from the plan, ``network_options_3d``; the ImageNet family inflates Swin-T's weights to 3D).
 """
 
 import os
@@ -50,16 +51,19 @@ class nnUNetTrainerSwinUnet_SGD(nnUNetTrainerSwinUnet):
 
 
 class nnUNetTrainerSwinUnet_DS(nnUNetTrainerSwinUnet):
-    """Deep supervision on: the loss also supervises the 1/4, 1/8 and 1/16 outputs, weighted 1/2^i with
-    nnU-Net's normalisation (the coarsest gets weight 0, as in nnU-Net)."""
+    """Deep supervision on: the loss also supervises the three coarser outputs (1/4, 1/8 and 1/16 in 2D; the
+    plan's strides per axis in 3D), weighted 1/2^i with nnU-Net's normalisation (the coarsest gets weight 0,
+    as in nnU-Net)."""
     deep_supervision = True
 
 
 # --- ImageNet-initialised family ---------------------------------------------------------------------
 class nnUNetTrainerSwinUnetIN1k(nnUNetTrainerSwinUnet):
     """Encoder (and mirrored decoder) initialised from ImageNet-1k Swin-T at the start of training, from the
-    file in $NNUNET_SWIN_PRETRAINED or timm's cache of swin_tiny_patch4_window7_224.ms_in1k."""
+    file in $NNUNET_SWIN_PRETRAINED or timm's cache of swin_tiny_patch4_window7_224.ms_in1k. In 3D the
+    weights are inflated along depth and the width stays Swin-T's (96), which they fix."""
     imagenet_pretrained = True
+    network_options_3d = {**nnUNetTrainerSwinUnet.network_options_3d, "embed_dim": 96}
 
 
 class nnUNetTrainerSwinUnetIN1k_0skip(nnUNetTrainerSwinUnetIN1k):

@@ -1,5 +1,7 @@
 """In-process checks of the trainer recipe (no nnU-Net subprocess): every plugin trainer builds the
-network inference would build, patch rounding, the 3D refusal, the LR schedule, non-finite steps."""
+network inference would build, in 2D and from anisotropic 3D plans, patch rounding per axis, deep-supervision
+scales, the memory estimate, errors for configurations a network cannot take, the LR schedule, non-finite
+steps."""
 
 from __future__ import annotations
 
@@ -14,26 +16,44 @@ from nnunet_swin.trainers import (
     AbstractSwinUnetTrainer,
     UnsupportedConfigurationError,
     WarmupPolyLRScheduler,
+    deep_supervision_scales,
     nnUNetTrainerSwinUnet,
     round_patch_size,
+    saved_activation_bytes,
 )
 
+#: nnU-Net's pooling for a prostate-like plan: in-plane only at first (3.6 mm slices), then isotropic.
+ANISOTROPIC_POOL = [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
 
-def _plans(patch=(112, 80), with_3d=True):
-    arch = {"network_class_name": "x", "arch_kwargs": {"strides": [[1, 1], [2, 2]]}, "_kw_requires_import": []}
+
+def _arch(pool) -> dict:
+    return {"network_class_name": "x", "arch_kwargs": {"strides": pool}, "_kw_requires_import": []}
+
+
+def _plans(patch=(112, 80), patch_3d=(20, 320, 256), pool_3d=ANISOTROPIC_POOL, with_3d=True):
     configs = {"2d": {"data_identifier": "nnUNetPlans_2d", "patch_size": list(patch), "batch_size": 2,
-                      "spacing": [1.0, 1.0], "architecture": arch}}
+                      "spacing": [1.0, 1.0], "architecture": _arch([[1, 1], [2, 2]])}}
     if with_3d:
-        configs["3d_fullres"] = {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [32, 112, 80],
-                                 "batch_size": 2, "spacing": [1.0, 1.0, 1.0], "architecture": arch}
+        configs["3d_fullres"] = {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": list(patch_3d),
+                                 "batch_size": 2, "spacing": [3.6, 0.62, 0.62], "architecture": _arch(pool_3d)}
         configs["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "lowres"}
-    return {"dataset_name": "Dataset990_X", "plans_name": "nnUNetPlans", "configurations": configs}
+    return {"dataset_name": "Dataset990_X", "plans_name": "nnUNetPlans", "configurations": configs,
+            "continue_training": False}
+
+
+def _managers(plans: dict, configuration: str):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    return pm, pm.get_configuration(configuration)
 
 
 def test_round_patch_size_never_smaller():
-    assert round_patch_size([112, 80]) == [128, 96]
-    assert round_patch_size([512, 448]) == [512, 448]
-    assert round_patch_size([33, 1]) == [64, 32]
+    assert round_patch_size([112, 80], 32) == [128, 96]
+    assert round_patch_size([512, 448], 32) == [512, 448]
+    assert round_patch_size([33, 1], 32) == [64, 32]
+    assert round_patch_size([20, 321, 256], [4, 32, 32]) == [20, 352, 256]  # per axis
+    assert round_patch_size([3, 17, 16], (2, 8, 8)) == [4, 24, 16]
 
 
 def test_nnunet_keeps_the_plans_dict_but_copies_the_configuration():
@@ -59,30 +79,106 @@ def test_plans_edited_before_nnunet_reads_the_configuration():
     assert again == plans
 
 
+# --- 3D: the network from the plan ------------------------------------------------------------------
+def test_3d_network_options_from_the_plan():
+    """3D defaults < the plan's strides < the trainer's network_options; 2D ignores both 3D sources."""
+    pm, cm = _managers(_plans(), "3d_fullres")
+    kwargs = nnUNetTrainerSwinUnet.network_kwargs(cm)
+    assert kwargs == {"num_skips": 3, "upsampling": "patch_expand", **nnUNetTrainerSwinUnet.network_options_3d,
+                      "patch_size": [1, 4, 4], "merge_strides": [[2, 2, 2], [2, 2, 2], [1, 2, 2]], "spatial_dims": 3,
+                      "window_size": [7, 7, 7]}  # a 20x80x64 first stage: window 7 pads each axis by <= 10 %
+    assert kwargs["embed_dim"] == 48 and kwargs["gradient_checkpointing"] is True
+
+    user = type("User", (nnUNetTrainerSwinUnet,), {"network_options": {"embed_dim": 24, "merge_strides": [2, 2, 2]}})
+    kwargs = user.network_kwargs(cm)
+    assert kwargs["embed_dim"] == 24 and kwargs["merge_strides"] == [2, 2, 2]  # the user's options win
+    assert kwargs["patch_size"] == [1, 4, 4] and kwargs["gradient_checkpointing"] is True  # the rest stays
+
+    # hippocampus-like: isotropic pooling embeds 4x4x4; window 7 would pad a 10x14x10 first stage to 14^3
+    _, hippo = _managers(_plans(patch_3d=(40, 56, 40), pool_3d=[[1, 1, 1]] + [[2, 2, 2]] * 4), "3d_fullres")
+    kwargs = nnUNetTrainerSwinUnet.network_kwargs(hippo)
+    assert kwargs["patch_size"] == [4, 4, 4] and kwargs["window_size"] == [5, 7, 5]
+    own = type("Own", (nnUNetTrainerSwinUnet,), {"network_options": {"window_size": 7, "patch_size": 2}})
+    assert own.network_kwargs(hippo)["window_size"] == 7  # set by the user: not fitted
+    assert type("P", (nnUNetTrainerSwinUnet,), {"network_options": {"patch_size": 2}}).network_kwargs(hippo)[
+        "window_size"] == [7, 7, 7]  # fitted to the user's embedding: a 20x28x20 first stage
+
+    _, cm2d = _managers(_plans(), "2d")
+    assert nnUNetTrainerSwinUnet.network_kwargs(cm2d) == {"num_skips": 3, "upsampling": "patch_expand",
+                                                          "spatial_dims": 2}
+
+
 @pytest.mark.parametrize("cfg", ["3d_fullres", "3d_lowres"])
-def test_3d_configurations_refused_with_supported_list(cfg):
+def test_3d_plan_kept_when_the_networks_multiple_divides_it(results_env, cfg):
+    plans = _plans()
+    note = nnUNetTrainerSwinUnet._adapt_plans_for_swin(plans, cfg)
+    assert "[20, 320, 256] is already a multiple of [4, 32, 32] per axis; kept" in note
+    assert nnUNetTrainerSwinUnet.size_multiple(*_managers(plans, cfg)) == (4, 32, 32)
+    trainer = nnUNetTrainerSwinUnet(plans, cfg, 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
+    assert list(trainer.configuration_manager.patch_size) == [20, 320, 256]
+
+
+def test_3d_patch_rounded_per_axis_to_the_users_strides(results_env):
+    """Isotropic strides set by the user on an anisotropic plan: each axis is rounded to its own multiple,
+    in the plans dict, before nnU-Net's ConfigurationManager exists."""
+    iso = type("Iso", (nnUNetTrainerSwinUnet,), {"network_options": {"patch_size": 2, "merge_strides": [2, 2, 1]}})
+    plans = _plans(patch_3d=(20, 40, 56))
+    assert iso.size_multiple(*_managers(plans, "3d_fullres")) == (8, 8, 8)
+    note = iso._adapt_plans_for_swin(plans, "3d_fullres")
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [24, 40, 56]
+    assert "changed from the planned [20, 40, 56] to [24, 40, 56]" in note and "divisible by [8, 8, 8]" in note
+    trainer = iso(plans, "3d_lowres", 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
+    assert list(trainer.configuration_manager.patch_size) == [24, 40, 56]  # lowres inherits the rounded patch
+
+
+def test_deep_supervision_scales_of_an_anisotropic_plan():
+    """The plan's pooling [1,2,2] x [1,2,2] embeds [1, 4, 4]; the mergings follow its next three steps."""
+    plans = _plans(patch_3d=(8, 64, 64))
+    pm, cm = _managers(plans, "3d_fullres")
+    tiny = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY, "deep_supervision": True})
+    net = tiny.build_network_architecture(pm, cm, 1, 3, True)
+    assert net.output_strides == ((1, 1, 1), (1, 4, 4), (2, 8, 8), (4, 16, 16))
+    assert deep_supervision_scales(net.output_strides) == [[1.0, 1.0, 1.0], [1.0, 0.25, 0.25],
+                                                           [0.5, 0.125, 0.125], [0.25, 0.0625, 0.0625]]
+    with torch.no_grad():
+        outs = net.eval()(torch.zeros(1, 1, 8, 64, 64))
+    assert [tuple(o.shape[2:]) for o in outs] == [(8, 64, 64), (8, 16, 16), (4, 8, 8), (2, 4, 4)]
+    # the coarsest head has loss weight 0 and is frozen, as in 2D (DDP finds no unused parameter)
+    assert [h.weight.requires_grad for h in net.decoder.seg_layers] == [True, True, True, False]
+    # a short plan (three poolings): missing steps are merges at the same resolution
+    pm, cm = _managers(_plans(patch_3d=(8, 32, 32), pool_3d=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),
+                       "3d_fullres")
+    assert tiny.network_for(pm, cm).output_strides == ((1, 1, 1), (2, 4, 4), (4, 8, 8), (4, 8, 8))
+
+
+def test_configuration_the_network_cannot_take_names_those_that_work(results_env):
+    bad = type("Bad", (nnUNetTrainerSwinUnet,), {"network_options": {"window_size": [7, 7]}})  # a 2D window
     with pytest.raises(UnsupportedConfigurationError) as err:
-        nnUNetTrainerSwinUnet(_plans(), cfg, 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
+        bad(_plans(), "3d_fullres", 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
     msg = str(err.value)
-    assert cfg in msg and "2D" in msg and "Supported configurations: 2d" in msg
+    assert "3D configuration with patch [20, 320, 256]" in msg and "window_size" in msg
+    assert "Configurations of these plans it can train: 2d." in msg
+    assert bad.configurations_that_work(_plans()) == ["2d"]
+    assert nnUNetTrainerSwinUnet.configurations_that_work(_plans()) == ["2d", "3d_fullres", "3d_lowres"]
 
 
 TINY = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 
 
 def _fake_cm(patch):
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    return _managers(_plans(patch, with_3d=False), "2d")
 
-    plans = _plans(patch, with_3d=False)
-    return PlansManager(plans), PlansManager(plans).get_configuration("2d")
+
+def _tiny(trainer):
+    """A narrow copy: what is checked is that the variant's attributes reach the network, quickly."""
+    return type(trainer.__name__, (trainer,), {"network_options": {**trainer.network_options, **TINY}})
 
 
 @pytest.mark.parametrize("trainer", TRAINERS, ids=lambda t: t.__name__)
 def test_every_plugin_trainer_builds_its_network(trainer):
     pm, cm = _fake_cm((64, 96))
-    assert trainer.network_kwargs().get("embed_dim", 96) == 96  # the paper's Swin-T unless a variant says
-    # a narrow copy keeps this fast; what is checked is that the variant's attributes reach the network
-    trainer = type(trainer.__name__, (trainer,), {"network_options": {**trainer.network_options, **TINY}})
+    assert trainer.network_kwargs(cm).get("embed_dim", 96) == 96  # the paper's Swin-T unless a variant says
+    trainer = _tiny(trainer)
     net = trainer.build_network_architecture(pm, cm, 1, 3, enable_deep_supervision=False)
     assert net.decoder.num_skips == trainer.num_skips
     expand = {"patch_expand": "PatchExpand", "bilinear": "BilinearExpand", "transposed_conv": "TransposedConvExpand"}
@@ -96,9 +192,27 @@ def test_every_plugin_trainer_builds_its_network(trainer):
     assert net_ds.state_dict().keys() == net.state_dict().keys()
 
 
+@pytest.mark.parametrize("trainer", TRAINERS, ids=lambda t: t.__name__)
+def test_every_plugin_trainer_builds_its_3d_network_from_the_plan(trainer):
+    pm, cm = _managers(_plans(patch_3d=(8, 64, 64)), "3d_fullres")
+    trainer = _tiny(trainer)
+    net = trainer.build_network_architecture(pm, cm, 2, 3, enable_deep_supervision=False)
+    assert net.spatial_dims == 3 and net.size_multiple == (4, 32, 32) and net.decoder.num_skips == trainer.num_skips
+    expand = {"patch_expand": "PatchExpand", "bilinear": "BilinearExpand", "transposed_conv": "TransposedConvExpand"}
+    assert type(net.decoder.final_expand).__name__ == expand[trainer.upsampling]
+    x = torch.randn(1, 2, 8, 64, 64)
+    out = net.train()(x)
+    assert out.shape == (1, 3, 8, 64, 64)
+    out.square().mean().backward()
+    assert all(p.grad is not None for n, p in net.named_parameters() if p.requires_grad)
+    # nnUNetv2_predict rebuilds the same network from the class and plans: strict loading works
+    again = trainer.build_network_architecture(pm, cm, 2, 3, enable_deep_supervision=True)
+    again.load_state_dict(net.state_dict())
+
+
 def test_unrounded_plans_rejected_at_build():
     pm, cm = _fake_cm((112, 80))
-    with pytest.raises(ValueError, match="not divisible by 32"):
+    with pytest.raises(ValueError, match=r"not divisible by the network's multiple \[32, 32\] per axis"):
         nnUNetTrainerSwinUnet.build_network_architecture(pm, cm, 1, 2, False)
 
 
@@ -216,14 +330,12 @@ def test_patch_rounded_to_the_networks_own_multiple():
     plans = _plans()
     note = _Patch8._adapt_plans_for_swin(plans, "2d")
     assert plans["configurations"]["2d"]["patch_size"] == [128, 128]  # 112 x 80 -> multiples of 8 x 2^3 = 64
-    assert "divisible by 64" in note and "patch embedding 8" in note
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    net = _Patch8.build_network_architecture(PlansManager(plans), PlansManager(plans).get_configuration("2d"), 1, 2,
-                                             False)
+    assert "divisible by [64, 64]" in note
+    pm, cm = _managers(plans, "2d")
+    net = _Patch8.build_network_architecture(pm, cm, 1, 2, False)
     with torch.no_grad():
         assert net.eval()(torch.zeros(1, 1, 128, 128)).shape == (1, 2, 128, 128)
-    assert nnUNetTrainerSwinUnet.size_multiple() == 32 and _Patch8.size_multiple() == 64
+    assert nnUNetTrainerSwinUnet.size_multiple(pm, cm) == (32, 32) and _Patch8.size_multiple(pm, cm) == (64, 64)
 
 
 # --- precision ----------------------------------------------------------------------------------------
@@ -278,6 +390,46 @@ def test_ds_loss_weights_do_not_depend_on_ddp_or_compile(results_env, is_ddp, co
     no_ds = type("NoDS", (nnUNetTrainerSwinUnet,), tiny)
     net = no_ds.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 3, True)
     assert [h.weight.requires_grad for h in net.decoder.seg_layers] == [True, False, False, False]
+
+
+# --- memory estimate and ImageNet weights in 3D -------------------------------------------------------
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_memory_estimate_equals_a_real_forward_and_leaves_the_network_usable(checkpointing):
+    """The fake-tensor count is the real forward's unique saved storage (bench's measurement); the stage
+    geometries it builds on fake tensors do not stay in the network's cache for the real forward after it."""
+    from nnunet_swin.experiments.bench import saved_bytes
+
+    pm, cm = _managers(_plans(patch_3d=(8, 64, 64)), "3d_fullres")
+    net = _tiny(nnUNetTrainerSwinUnet).build_network_architecture(pm, cm, 1, 3, False)
+    net.set_grad_checkpointing(checkpointing)
+    shape = (2, 1, 4, 96, 32)  # a size no other test met: its geometries are first built on fake tensors
+    fake = saved_activation_bytes(net.eval(), shape)
+    assert not net.training  # mode restored
+    torch.manual_seed(0)
+    real, _ = saved_bytes(net.train(), torch.randn(*shape))
+    assert fake == real > 0
+
+
+def test_imagenet_trainer_in_3d_loads_inflated_swin_t_at_train_start(results_env, monkeypatch, tmp_path):
+    """An IN1k trainer on a 3D plan keeps Swin-T's width, builds without weights (inference), and loads
+    Swin-T inflated along depth when training starts."""
+    from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k_0skip
+
+    timm = pytest.importorskip("timm")
+    plans = _plans(patch_3d=(8, 64, 64))
+    tr = nnUNetTrainerSwinUnetIN1k_0skip(plans, "3d_fullres", 0, {"labels": {"background": 0, "a": 1}},
+                                         torch.device("cpu"))
+    assert tr.network_kwargs(tr.configuration_manager)["embed_dim"] == 96
+    tr.network = tr.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 2, False)
+    assert tr.network.spatial_dims == 3 and tr.network.decoder.num_skips == 0
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    path = tmp_path / "swin_t.pth"
+    torch.save(ref.state_dict(), path)
+    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(path))
+    tr._maybe_load_imagenet()
+    assert "encoder.patch_embed.proj.weight" in tr.imagenet_report.adapted  # the 2D kernel spread over depth
+    ours = tr.network.state_dict()
+    assert torch.equal(ours["encoder.stages.1.blocks.0.attn.qkv.weight"], ref.layers[1].blocks[0].attn.qkv.weight)
 
 
 # --- fine-tuning with nnU-Net's -pretrained_weights ---------------------------------------------------
