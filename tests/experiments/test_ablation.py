@@ -91,10 +91,12 @@ def _no_temp_files(folder: str) -> bool:
 
 
 def _plan_and_preprocess(env: dict, dataset_id: int, configuration: str) -> None:
-    """nnU-Net's own plan_and_preprocess, one process, without the (slow) integrity check."""
+    """nnU-Net's own plan_and_preprocess with one worker each (its default of 8 fingerprint workers spawns 8
+    interpreters for a few small images), without the (slow) integrity check."""
     plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
     proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
-                 "plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", configuration, "-np", "1"], plan_env)
+                 "plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", configuration, "-np", "1",
+                 "-npfp", "1"], plan_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -234,6 +236,45 @@ def test_second_call_trains_nothing(trained):
     runs = _read_csv(os.path.join(trained["out"], "runs.csv"))
     assert {r["status"] for r in runs} == {"already_complete"}
     assert all(r["wall_time_s"] and r["epochs"] == "1" for r in runs)  # kept from the call that trained
+
+
+@pytest.mark.slow
+def test_3d_fullres_ablation_end_to_end(tmp_path):
+    """The same short trainers on tiny anisotropic volumes planned and preprocessed for 3d_fullres:
+    ``ablate-skips -c 3d_fullres`` with 0 and 3 skips on fold 0 trains the 3D network through nnUNetv2_train
+    and reports on 3D metrics (HD95 in mm from the spacing), every row saying 3d_fullres."""
+    from nnunet_swin.synthetic import write_synthetic_volumes
+
+    env = _env(str(tmp_path))
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        os.makedirs(env[var])
+    with open(os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py"), "w") as f:
+        f.write(TRAINER_MODULE)
+    dataset = os.path.basename(write_synthetic_volumes(env["nnUNet_raw"], 978, "AblVol", num_train=4, num_test=0,
+                                                       shape=(8, 32, 40), spacing=(3.0, 1.0, 1.0)).folder)
+    _plan_and_preprocess(env, 978, "3d_fullres")
+    cases = sorted(n[: -len(".nii.gz")] for n in os.listdir(os.path.join(env["nnUNet_raw"], dataset, "labelsTr")))
+    with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
+        json.dump([{"train": cases[2:], "val": cases[:2]}], f)
+    out = str(tmp_path / "out")
+    proc = _run([sys.executable, SCRIPT, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
+                 "--trainer-pattern", "MyShort_{k}skip", "--device", "cpu", "--out", out], env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("[done]") == 2
+    for k in (0, 3):
+        model = os.path.join(env["nnUNet_results"], dataset, f"MyShort_{k}skip__nnUNetPlans__3d_fullres")
+        assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
+        assert len(json.load(open(os.path.join(model, "plans.json")))["configurations"]["3d_fullres"]["patch_size"]) == 3
+    per_case = _read_csv(os.path.join(out, "per_case.csv"))
+    assert len(per_case) == 2 * 2 * 2  # skips x validation cases x labels
+    assert {r["configuration"] for r in per_case} == {"3d_fullres"} and {r["fold"] for r in per_case} == {"0"}
+    assert all(r["hd95_mm"] == "" or float(r["hd95_mm"]) >= 0 for r in per_case)  # NIfTI: millimetres
+    summary = _read_csv(os.path.join(out, "summary.csv"))
+    assert sorted((r["skips"], r["label"]) for r in summary) == sorted(
+        (str(k), lab) for k in (0, 3) for lab in ("disc", "bar", "mean"))
+    assert {r["configuration"] for r in summary} == {"3d_fullres"}
+    md = open(os.path.join(out, "summary.md")).read()
+    assert md.startswith(f"# Skip-connection ablation: {dataset}, 3d_fullres\n") and "HD95 mm" in md
 
 
 @pytest.mark.slow
