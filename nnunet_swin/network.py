@@ -20,6 +20,7 @@ The module imports torch and timm layers only (never nnU-Net), so it can be used
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["SwinUnet", "UPSAMPLING_MODES", "fit_window_size", "nearest_valid_sizes", "strides_from_pooling"]
@@ -249,6 +251,7 @@ def build_geometry(sizes: Sequence[int], window: Sequence[int], shifted: bool, d
 
 
 _GEOMETRY_CACHE: OrderedDict[tuple, StageGeometry] = OrderedDict()
+_FAKE_GEOMETRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def stage_geometry(sizes: tuple[int, ...], window: tuple[int, ...], shifted: bool, device: torch.device
@@ -260,7 +263,8 @@ def stage_geometry(sizes: tuple[int, ...], window: tuple[int, ...], shifted: boo
     Entries are built with inference mode and autograd off: a size first met under
     ``torch.inference_mode()`` must still serve later training (inference tensors cannot be saved for
     backward). Under torch.compile the geometry is built in-graph from the static sizes instead (no
-    Python state is read or mutated there).
+    Python state is read or mutated there). Geometry built under a FakeTensorMode (memory estimates
+    from shapes alone) holds no data: it is shared in a cache that lives as long as that mode.
     """
     if _is_compiling():
         return build_geometry(sizes, window, shifted, device)
@@ -269,6 +273,8 @@ def stage_geometry(sizes: tuple[int, ...], window: tuple[int, ...], shifted: boo
     if geometry is None:
         with torch.inference_mode(False), torch.no_grad():
             geometry = build_geometry(sizes, window, shifted, device)
+        if isinstance(geometry.order, FakeTensor):  # shared within its fake mode only, like real ones
+            return _FAKE_GEOMETRY.setdefault(geometry.order.fake_mode, {}).setdefault(key, geometry)
         _GEOMETRY_CACHE[key] = geometry
         held = sum(g.nbytes for g in _GEOMETRY_CACHE.values())
         while len(_GEOMETRY_CACHE) > 2 * NUM_STAGES and held > GEOMETRY_CACHE_BYTES:
@@ -914,7 +920,7 @@ class SwinUnet(nn.Module):
         self.stage_strides = tuple(strides)
         self.size_multiple = strides[-1]
         self.output_strides = ((1,) * spatial_dims, *strides[:-1])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also when built on meta
         offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
         drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
         common = dict(num_heads=num_heads, window_size=window, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,

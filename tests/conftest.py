@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 SLOWEST_FIRST = ("test_nnunet_cli.py", "test_ablation.py", "test_slurm.py", "test_msd_benchmark.py",
-                 "test_network_compile.py", "test_registration.py")
+                 "test_3d.py", "test_network_compile.py", "test_registration.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

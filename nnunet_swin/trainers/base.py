@@ -90,8 +90,6 @@ def saved_activation_bytes(net: nn.Module, input_shape: Sequence[int],
     network's device type."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from nnunet_swin import network
-
     device = next(net.parameters()).device
     seen: dict[int, int] = {}
 
@@ -101,9 +99,6 @@ def saved_activation_bytes(net: nn.Module, input_shape: Sequence[int],
         return t
 
     was_training = net.training
-    # Stage geometries built during the fake forward are fake tensors: they must not stay in the network's
-    # shared cache, where the next real forward at this size would find them.
-    geometries = network._GEOMETRY_CACHE.copy()
     net.train()
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -116,8 +111,6 @@ def saved_activation_bytes(net: nn.Module, input_shape: Sequence[int],
             del out
     finally:
         net.train(was_training)
-        network._GEOMETRY_CACHE.clear()
-        network._GEOMETRY_CACHE.update(geometries)
     return total
 
 

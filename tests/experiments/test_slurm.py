@@ -118,7 +118,8 @@ def _make_folders(env: dict) -> None:
 def _plan(env: dict, dataset_id: int) -> None:
     plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
     proc = subprocess.run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints "
-                           "import plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", "2d", "-np", "1"],
+                           "import plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", "2d", "-np", "1",
+                           "-npfp", "1"],
                           env=plan_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

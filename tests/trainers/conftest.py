@@ -21,6 +21,6 @@ def planned(workspace: Workspace):
     ds = write_synthetic_dataset(str(workspace.raw), DATASET_ID, "SwinSynthetic", num_train=10, num_test=3,
                                  shape=(112, 80), seed=1)
     # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), so it needs >= 1 there
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1"],
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
         {**workspace.env, "nnUNet_n_proc_DA": "1"})
     return ds

@@ -119,7 +119,7 @@ def test_isbi2012_membrane_dice_clearly_above_trivial(workspace):
     if source is None:
         pytest.skip("ISBI 2012 data not found (../shared/data/isbi2012-membrane)")
     ds = write_isbi2012_dataset(source, str(workspace.raw), 991, "ISBI2012", size=128)
-    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "2d", "-np", "1"],
+    run([nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "2d", "-np", "1", "-npfp", "1"],
         {**workspace.env, "nnUNet_n_proc_DA": "1"})
     workspace.train("TestSwin_ISBI", "0", dataset_id=991)
     summary = json.loads((workspace.results_folder("TestSwin_ISBI", ds.folder.rsplit(os.sep, 1)[-1])
