@@ -2,9 +2,14 @@
 fold, then a report from nnU-Net's validation outputs.
 
 Jobs: ``--skips`` x ``--folds`` (repeats dropped), trainer ``--trainer-pattern.format(k=skips)`` (default
-``nnUNetTrainerSwinUnet_{k}skip``), run by :mod:`nnunet_swin.experiments.runner` (resumable, locked per run,
+``nnUNetTrainerSwinUnet_{k}skip``) on one configuration ``-c`` (default ``2d``; ``3d_fullres`` or any other
+the data set's plans have: the trainers build the 3D network from that plan; one the plans lack is an
+error naming the planned ones), run by :mod:`nnunet_swin.experiments.runner` (resumable, locked per run,
 one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
 (``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<f>``).
+
+One study is one data set, configuration and plans: its folder holds no other (a 2D and a 3D study never
+share a report), and every table has a ``configuration`` column.
 
 Report, written atomically to ``--out`` (default ``$nnUNet_results/<dataset>/ablation_skips__<plans>__<config>``),
 over the runs asked for and every run of the study recorded there by earlier calls (a narrower rerun does
@@ -27,6 +32,7 @@ import argparse
 import io
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -56,6 +62,8 @@ from nnunet_swin.experiments.runner import (
     csv_text,
     fold_state,
     load_record,
+    not_planned_message,
+    planned_configurations,
     recorded_jobs,
     resolve_dataset_name,
     run_jobs,
@@ -71,8 +79,8 @@ DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 REFERENCE_SKIPS = 3
 MEAN_LABEL = "mean"
 
-PER_CASE_COLUMNS = ("skips", "fold", "case", "label", "label_value", "dice", "hd95_mm", "nsd", "n_ref", "n_pred",
-                    "trainer")
+PER_CASE_COLUMNS = ("configuration", "skips", "fold", "case", "label", "label_value", "dice", "hd95_mm", "nsd",
+                    "n_ref", "n_pred", "trainer")
 
 
 
@@ -99,14 +107,17 @@ def build_jobs(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlan
 
 def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str) -> list[Job]:
     """``jobs`` and the runs of the same study (data set, configuration, plans) that earlier calls recorded
-    in ``records_dir``, fold outermost. A recorded run of another trainer pattern means the folder holds
-    another study: an error, since the two cannot share one report."""
+    in ``records_dir``, fold outermost. A recorded run of another data set, configuration (a 2D study and a
+    3D one), plans or trainer pattern means the folder holds another study: an error, since the two cannot
+    share one report."""
     first = jobs[0]
-    recorded = [j for j in recorded_jobs(records_dir)
-                if (j.dataset, j.configuration, j.plans) == (first.dataset, first.configuration, first.plans)
-                and "skips" in dict(j.tags)]
+    recorded = [j for j in recorded_jobs(records_dir) if "skips" in dict(j.tags)]
     for j in recorded:
         k = int(dict(j.tags)["skips"])
+        if (j.dataset, j.configuration, j.plans) != (first.dataset, first.configuration, first.plans):
+            raise ValueError(f"{os.path.dirname(records_dir)} holds a study of {j.dataset} {j.configuration} (plans "
+                             f"{j.plans}), not {first.dataset} {first.configuration} (plans {first.plans}); give "
+                             "this study its own --out")
         if j.trainer != trainer_name(trainer_pattern, k):
             raise ValueError(f"{os.path.dirname(records_dir)} holds a study of trainer {j.trainer} for {k} skips, "
                              f"not {trainer_name(trainer_pattern, k)} (--trainer-pattern {trainer_pattern}); "
@@ -114,6 +125,19 @@ def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str) -> l
     study = _unique([*jobs, *recorded])
     folds = _unique(j.fold for j in study)
     return sorted(study, key=lambda j: (folds.index(j.fold), int(dict(j.tags)["skips"])))
+
+
+def check_planned(dataset: str, plans: str, configuration: str, environ=None) -> None:
+    """Raise ValueError, naming the planned configurations, when nnU-Net has not planned ``configuration`` for
+    the data set (every ``nnUNetv2_train`` of the study would fail): 3d_fullres exists for 3D images only."""
+    planned = planned_configurations(dataset, plans, environ)
+    if planned is None:
+        m = re.match(r"Dataset(\d+)_", dataset)
+        raise ValueError(f"{dataset} has no plans {plans} in nnUNet_preprocessed; plan and preprocess it first, "
+                         f"e.g. nnUNetv2_plan_and_preprocess -d {int(m.group(1)) if m else dataset} -c {configuration}")
+    problem = not_planned_message(dataset, plans, [configuration], planned)
+    if problem:
+        raise ValueError(problem)
 
 
 def default_out_dir(dataset: str, plans: str, configuration: str, environ=None) -> str:
@@ -194,7 +218,7 @@ def summarize(rows: list[dict], reference: int = REFERENCE_SKIPS) -> list[dict]:
     return out
 
 
-SUMMARY_COLUMNS = ["skips", "label", "n_folds", "n_shared_cases", "n_cases_all"] + [
+SUMMARY_COLUMNS = ["configuration", "skips", "label", "n_folds", "n_shared_cases", "n_cases_all"] + [
     f"{m}_{s}" for m in METRICS for s in ("mean_shared", "std_shared", "n_shared", "mean_folds", "std_folds",
                                           "mean_all", "std_all", "n_all", "diff_vs_ref", "wilcoxon_p_vs_ref",
                                           "n_pairs", "n_nonzero_pairs")]
@@ -259,7 +283,7 @@ def trend_statement(summary: list[dict], metric: str = "dice", reference: int = 
 def summary_markdown(summary: list[dict], run_rows: list[dict], meta: dict, missing: list[str],
                      unit: str = MM) -> str:
     ref = meta["reference"]
-    lines = [f"# Skip-connection ablation: {meta['dataset']}", ""]
+    lines = [f"# Skip-connection ablation: {meta['dataset']}, {meta['configuration']}", ""]
     if missing:  # first: every number below is read in their light
         lines += ["## Missing", "", f"{len(missing)} runs are not complete; their cases are left out of the tables "
                   "(the headline compares the variants on the cases all of them have):", ""]
@@ -384,7 +408,8 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
                                f"validation/summary.json in {job.fold_dir(environ)}"
                                + failure_note(load_record(os.path.join(out_dir, "runs"), job)))
             continue
-        res.per_case.extend(({"skips": int(k), **row} for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"])))
+        res.per_case.extend({"configuration": job.configuration, "skips": int(k), **row}
+                            for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"]))
     os.makedirs(out_dir, exist_ok=True)
     records = run_rows(jobs, os.path.join(out_dir, "runs"), environ, keep=True)
     runs_csv = os.path.join(out_dir, "runs.csv")
@@ -398,7 +423,7 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
     if not res.per_case:
         echo("No completed runs to aggregate yet.")
         return res
-    res.summary = summarize(res.per_case, meta["reference"])
+    res.summary = [{"configuration": meta["configuration"], **r} for r in summarize(res.per_case, meta["reference"])]
     unit = distance_unit(res.per_case)
     files = {
         "per_case.csv": csv_text(*columns_in_unit(res.per_case, PER_CASE_COLUMNS, unit)),
@@ -433,6 +458,8 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
     folds = _unique(str(f) for f in folds)
     # The full name (not the id) in the jobs: one record / log name per run however the data set was named.
     dataset = resolve_dataset_name(dataset, environ)
+    if not aggregate_only:
+        check_planned(dataset, plans, configuration, environ)
     jobs = build_jobs(dataset, configuration, plans, folds, skips, trainer_pattern)
     out_dir = os.path.abspath(out or default_out_dir(dataset, plans, configuration, environ))
     meta = {"dataset": dataset, "configuration": configuration, "plans": plans,
@@ -474,7 +501,8 @@ def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPl
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--dataset", required=True, help="nnU-Net data set id or name (planned and preprocessed)")
-    p.add_argument("-c", "--configuration", default="2d", help="nnU-Net configuration")
+    p.add_argument("-c", "--configuration", default="2d",
+                   help="nnU-Net configuration the data set is planned with: 2d, 3d_fullres, 3d_lowres, ...")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
     p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds")
     p.add_argument("--skips", nargs="+", type=int, default=list(DEFAULT_SKIPS), help="skip counts")

@@ -27,10 +27,17 @@ import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 from nnunet_swin.experiments.metrics import load_json
-from nnunet_swin.experiments.runner import NNUNET_PATH_VARS, child_env, env_path, log_tail
+from nnunet_swin.experiments.runner import (
+    NNUNET_PATH_VARS,
+    child_env,
+    env_path,
+    log_tail,
+    not_planned_message,
+    planned_configurations,
+)
 
 TASK_RE = re.compile(r"^Task(\d{2,3})_([A-Za-z0-9]+)$")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -315,19 +322,23 @@ def _data_identifier(plans: dict, configuration: str) -> str | None:
     return None
 
 
-def missing_preprocessing(dataset: str, plans_name: str, configurations: Sequence[str], environ=None) -> list[str]:
+def missing_preprocessing(dataset: str, plans_name: str, configurations: Sequence[str], environ=None,
+                          if_planned: Collection[str] = ()) -> list[str]:
     """Configurations of ``plans_name`` whose preprocessed cases are not all there (all of them when the
-    plans file is missing). Raises :class:`TaskError` for a configuration the plans do not have."""
+    plans file is missing). Raises :class:`TaskError` for a configuration the plans do not have, unless it is
+    in ``if_planned`` (the benchmark's default 3d_fullres: nnU-Net plans it for 3D images only), which is
+    then left out."""
     environ = os.environ if environ is None else environ
     root = os.path.join(env_path("nnUNet_preprocessed", environ), dataset)
     try:
         plans = load_json(os.path.join(root, plans_name + ".json"))
     except (OSError, ValueError):
         return list(configurations)
-    absent = [c for c in configurations if c not in plans.get("configurations", {})]
-    if absent:
-        raise TaskError(f"{dataset}: plans {plans_name} have no configuration {', '.join(absent)}; they have "
-                        f"{', '.join(plans.get('configurations', {}))}")
+    planned = list(plans.get("configurations", {}))
+    problem = not_planned_message(dataset, plans_name, [c for c in configurations if c not in if_planned], planned)
+    if problem:
+        raise TaskError(problem)
+    configurations = [c for c in configurations if c in planned]
     try:
         n_cases = int(load_json(os.path.join(root, "dataset.json"))["numTraining"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -348,19 +359,22 @@ def preprocess_args(dataset_id: int, planner: str, configurations: Sequence[str]
 
 def plan_and_preprocess(dataset: str, dataset_id: int, planner: str, plans_name: str, configurations: Sequence[str],
                         num_processes: int = 4, environ: dict | None = None, log_dir: str = ".",
-                        echo: Callable[[str], None] = print) -> None:
-    """Run ``nnUNetv2_plan_and_preprocess`` for the configurations not yet complete (none: nothing runs)."""
+                        echo: Callable[[str], None] = print, if_planned: Collection[str] = ()) -> None:
+    """Run ``nnUNetv2_plan_and_preprocess`` for the configurations not yet complete (none: nothing runs).
+    ``if_planned``: configurations to preprocess only if nnU-Net plans them (it skips the ones it did not)."""
     environ = dict(os.environ if environ is None else environ)
-    todo = missing_preprocessing(dataset, plans_name, configurations, environ)
+    todo = missing_preprocessing(dataset, plans_name, configurations, environ, if_planned)
     if not todo:
-        echo(f"[skip] {dataset}: {plans_name} {' '.join(configurations)} already preprocessed")
+        planned = planned_configurations(dataset, plans_name, environ) or []
+        echo(f"[skip] {dataset}: {plans_name} {' '.join(c for c in configurations if c in planned)} already "
+             "preprocessed")
         return
     child = child_env(environ, None)
     if child.get("nnUNet_n_proc_DA") == "0":  # nnU-Net's VRAM estimate calls torch.set_num_threads(n_proc_DA)
         child["nnUNet_n_proc_DA"] = "1"
     run_nnunet("nnUNetv2_plan_and_preprocess", preprocess_args(dataset_id, planner, todo, num_processes),
                os.path.join(log_dir, f"{dataset}__{plans_name}__preprocess.log"), child, echo)
-    still = missing_preprocessing(dataset, plans_name, todo, environ)
+    still = missing_preprocessing(dataset, plans_name, todo, environ, if_planned)
     if still:
         raise TaskError(f"{dataset}: nnUNetv2_plan_and_preprocess finished but {plans_name} {' '.join(still)} "
                         "lacks preprocessed cases")

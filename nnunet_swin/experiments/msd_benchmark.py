@@ -19,8 +19,13 @@ Each covers the runs of this call and every run earlier calls recorded in ``<out
 (:func:`study_tasks`), so a narrower rerun (fewer tasks, trainers or folds) never shrinks a leaderboard.
 
 Models: ``--trainers`` entries ``TRAINER[:CONFIGURATION[:PLANS]]`` run on every ``--configurations`` entry
-unless pinned; Swin-Unet trainers (``SwinUnet`` in the name) are 2D networks and go with the 2D
-configurations only. ``--resenc M|L|XL`` adds ``nnUNetTrainer`` with that residual-encoder preset.
+(default ``2d``) unless pinned. The default models (no ``--trainers``): on 2D configurations Swin-Unet with
+0-3 skips and nnU-Net's CNN, on 3D ones the default Swin-Unet (3 skips) and nnU-Net's CNN; without
+``--configurations`` they run on ``2d`` and, for each task whose plans have it (nnU-Net plans it for 3D
+images), on ``3d_fullres``. A configuration named in ``--configurations`` that a task's plans lack is an
+error naming the planned ones (the task is skipped). ``--resenc M|L|XL`` adds ``nnUNetTrainer`` with that
+residual-encoder preset on the same configurations. Every row of every table names its configuration; 2D
+and 3D models meet only in nnU-Net's ``find_best_configuration`` (its ensembles may combine them).
 
 Only the standard library is imported at module level.
 """
@@ -71,6 +76,7 @@ from nnunet_swin.experiments.runner import (
     epoch_times_from_logs,
     fold_state,
     log_tail,
+    planned_configurations,
     recorded_jobs,
     run_history,
     run_jobs,
@@ -80,14 +86,19 @@ from nnunet_swin.experiments.runner import (
     write_slurm_script,
 )
 
+#: Without --trainers: the models on a 2D configuration (the paper's skip study next to nnU-Net's CNN) ...
 DEFAULT_TRAINERS = ("nnUNetTrainerSwinUnet_0skip", "nnUNetTrainerSwinUnet_1skip", "nnUNetTrainerSwinUnet_2skip",
                     "nnUNetTrainerSwinUnet_3skip", "nnUNetTrainer")
-DEFAULT_CONFIGURATIONS = ("2d",)
+#: ... and on a 3D one (one Swin-Unet: a 3D training costs many 2D ones).
+DEFAULT_3D_TRAINERS = ("nnUNetTrainerSwinUnet", "nnUNetTrainer")
+#: Configurations of the default models; of named trainers: 2d.
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres")
+#: Default configurations trained only for tasks whose plans have them (nnU-Net plans 3d_fullres for 3D images).
+IF_PLANNED = frozenset({"3d_fullres"})
 DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
 DEFAULT_PLANNER = ("ExperimentPlanner", "nnUNetPlans")
 RESENC_PRESETS = {k: (f"nnUNetPlannerResEnc{k}", f"nnUNetResEncUNet{k}Plans") for k in ("M", "L", "XL")}
 PLANNER_OF_PLANS = {plans: planner for planner, plans in [DEFAULT_PLANNER, *RESENC_PRESETS.values()]}
-TWO_D_ONLY_MARK = "SwinUnet"
 CONVERTED_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9]+)$")
 
 
@@ -113,18 +124,19 @@ def parse_trainer_spec(spec: str) -> tuple[str, str | None, str | None]:
     return parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
 
 
-def build_models(trainers: Sequence[str] = DEFAULT_TRAINERS, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS,
-                 resenc: Sequence[str] = (), echo: Callable[[str], None] = print) -> list[Model]:
-    """The models to train, in order, without duplicates."""
+def build_models(trainers: Sequence[str] | None = None, configurations: Sequence[str] | None = None,
+                 resenc: Sequence[str] = ()) -> list[Model]:
+    """The models to train, in order, without duplicates (None: the defaults, see the module's docstring)."""
+    if configurations is None:
+        configurations = DEFAULT_CONFIGURATIONS if trainers is None else ("2d",)
     models: list[Model] = []
-    for spec in trainers:
+    if trainers is None:
+        for c in configurations:
+            models += [Model(t, DEFAULT_PLANNER[1], c) for t in (DEFAULT_TRAINERS if c.startswith("2d")
+                                                                 else DEFAULT_3D_TRAINERS)]
+    for spec in trainers or ():
         trainer, config, plans = parse_trainer_spec(spec)
-        configs = [config] if config else [c for c in configurations
-                                           if TWO_D_ONLY_MARK not in trainer or c.startswith("2d")]
-        if not configs:
-            echo(f"note: {trainer} is a 2D network and --configurations {' '.join(configurations)} has no 2D "
-                 f"configuration; it is left out (pin one with {trainer}:2d)")
-        models += [Model(trainer, plans or DEFAULT_PLANNER[1], c) for c in configs]
+        models += [Model(trainer, plans or DEFAULT_PLANNER[1], c) for c in ([config] if config else configurations)]
     for preset in resenc:
         if preset not in RESENC_PRESETS:
             raise ValueError(f"--resenc {preset!r}: choose from {', '.join(RESENC_PRESETS)}")
@@ -132,6 +144,34 @@ def build_models(trainers: Sequence[str] = DEFAULT_TRAINERS, configurations: Seq
     if not models:
         raise ValueError("no models to benchmark: check --trainers and --configurations")
     return list(dict.fromkeys(models))
+
+
+def if_planned(trainers: Sequence[str] | None, configurations: Sequence[str] | None) -> frozenset[str]:
+    """Configurations trained only where planned: those of the default models; none that the user named
+    (in --configurations or pinned to a trainer): for those a task's plans must have them."""
+    return IF_PLANNED if trainers is None and configurations is None else frozenset()
+
+
+def planned_models(dataset: str, models: Sequence[Model], optional: frozenset[str], environ,
+                   echo: Callable[[str], None]) -> list[Model]:
+    """``models`` less those on an ``optional`` configuration the data set's plans lack (a 2D data set has no
+    3d_fullres), said in a note. Before planning (a dry run) every model is kept, and a note says so."""
+    keep, dropped, unknown = [], {}, {}
+    for m in models:
+        planned = planned_configurations(dataset, m.plans, environ) if m.configuration in optional else None
+        if m.configuration in optional and planned is None:
+            unknown.setdefault((m.plans, m.configuration), []).append(m.trainer)
+        elif planned is not None and m.configuration not in planned:
+            dropped.setdefault((m.plans, m.configuration), []).append(m.trainer)
+            continue
+        keep.append(m)
+    for (plans, config), trainers in unknown.items():
+        echo(f"note: {dataset} is not planned with {plans} yet; {', '.join(trainers)} on {config} are listed as if "
+             f"it will have {config} (nnU-Net plans it for 3D images)")
+    for (plans, config), trainers in dropped.items():
+        echo(f"note: {dataset}: plans {plans} have no {config} (nnU-Net plans it for 3D images only); "
+             f"{', '.join(trainers)} on {config} left out")
+    return keep
 
 
 def plans_to_prepare(models: Sequence[Model]) -> dict[str, list[str]]:
@@ -258,7 +298,7 @@ def find_best_args(dataset: str, models: Sequence[Model], folds: Sequence[str], 
 def _find_best_main(argv: list[str]) -> int:
     """``msd_benchmark find-best -d DATASET -f F.. --model TRAINER PLANS CONFIG ...``: nnU-Net's
     ``find_best_configuration`` over exactly these models (its command line would take every trainer x
-    plans x configuration combination, and the 2D-only Swin-Unet has no 3D runs)."""
+    plans x configuration combination, and the Swin-Unet skip variants have no 3D runs by default)."""
     p = argparse.ArgumentParser(prog="python -m nnunet_swin.experiments.msd_benchmark find-best")
     p.add_argument("-d", required=True)
     p.add_argument("-f", nargs="+", type=int, required=True)
@@ -522,8 +562,8 @@ def write_overall(boards: Sequence[TaskBoard], out_dir: str, command: str) -> li
 class Options:
     paths: Sequence[str]
     tasks: Sequence[int] | None = None
-    trainers: Sequence[str] = DEFAULT_TRAINERS
-    configurations: Sequence[str] = DEFAULT_CONFIGURATIONS
+    trainers: Sequence[str] | None = None  # None: the default models (module docstring)
+    configurations: Sequence[str] | None = None  # None: 2d (the default models: also 3d_fullres where planned)
     resenc: Sequence[str] = ()
     folds: Sequence[str] = DEFAULT_FOLDS
     device: str = "cuda"
@@ -544,7 +584,10 @@ class Options:
         args = [*self.paths]
         if self.tasks is not None:
             args += ["--tasks", *map(str, self.tasks)]
-        args += ["--trainers", *self.trainers, "--configurations", *self.configurations]
+        if self.trainers is not None:
+            args += ["--trainers", *self.trainers]
+        if self.configurations:
+            args += ["--configurations", *self.configurations]
         if self.resenc:
             args += ["--resenc", *self.resenc]
         args += ["--folds", *map(str, self.folds), "--device", self.device]
@@ -570,9 +613,10 @@ def converted_task(path: str, id_offset: int) -> MSDTask | None:
     return MSDTask(int(m.group(1)) - id_offset, m.group(2), os.path.abspath(path))
 
 
-def _prepare(task: MSDTask, models: Sequence[Model], o: Options, environ, log_dir: str,
+def _prepare(task: MSDTask, models: Sequence[Model], optional: frozenset[str], o: Options, environ, log_dir: str,
              echo: Callable[[str], None]) -> str:
-    """Convert and preprocess one task (or, in a dry run, print the commands); returns the data set name."""
+    """Convert and preprocess one task (or, in a dry run, print the commands); returns the data set name.
+    ``optional``: configurations preprocessed only if nnU-Net plans them."""
     dataset = task.dataset_name(o.id_offset)
     prep = plans_to_prepare(models)
     if o.dry_run:
@@ -581,7 +625,7 @@ def _prepare(task: MSDTask, models: Sequence[Model], o: Options, environ, log_di
             echo(shlex.join(["nnUNetv2_convert_MSD_dataset", *conversion_args(task, task.source, o.id_offset,
                                                                                 o.num_processes)]))
         for plans, configs in prep.items():
-            todo = missing_preprocessing(dataset, plans, configs, environ)
+            todo = missing_preprocessing(dataset, plans, configs, environ, optional)
             if todo:
                 echo(shlex.join(["nnUNetv2_plan_and_preprocess", *preprocess_args(task.dataset_id(o.id_offset),
                                                                                    PLANNER_OF_PLANS[plans], todo,
@@ -590,7 +634,7 @@ def _prepare(task: MSDTask, models: Sequence[Model], o: Options, environ, log_di
     convert_task(task, o.id_offset, o.num_processes, environ, log_dir, echo)
     for plans, configs in prep.items():
         plan_and_preprocess(dataset, task.dataset_id(o.id_offset), PLANNER_OF_PLANS[plans], plans, configs,
-                            o.num_processes, environ, log_dir, echo)
+                            o.num_processes, environ, log_dir, echo, optional)
     return dataset
 
 
@@ -598,7 +642,8 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
     """The whole benchmark. Exit code 0 when every task and run completed and every leaderboard is full."""
     environ = dict(os.environ if environ is None else environ)
     folds = list(dict.fromkeys(str(f) for f in o.folds))
-    models = build_models(o.trainers, o.configurations, o.resenc, echo)
+    models = build_models(o.trainers, o.configurations, o.resenc)
+    optional = if_planned(o.trainers, o.configurations)
     plans_to_prepare(models)  # unknown plans are a set-up error, before any work
     out_dir = os.path.abspath(o.out or default_out_dir(environ))
     log_dir = os.path.join(out_dir, "logs")
@@ -611,15 +656,17 @@ def run_benchmark(o: Options, environ=None, echo: Callable[[str], None] = print)
     for p in problems:
         echo(f"[SKIPPED] {p}")
     prepared: list[tuple[MSDTask, str]] = []
+    jobs: list[Job] = []
     for task in tasks:
         try:
-            dataset = task.dataset_name(o.id_offset) if o.aggregate_only else _prepare(task, models, o, environ,
-                                                                                       log_dir, echo)
-            prepared.append((task, dataset))
+            dataset = task.dataset_name(o.id_offset) if o.aggregate_only else _prepare(task, models, optional, o,
+                                                                                       environ, log_dir, echo)
         except TaskError as e:
             problems.append(str(e))
             echo(f"[SKIPPED] {e}")
-    jobs = [j for task, dataset in prepared for j in build_jobs(dataset, task, models, folds)]
+            continue
+        prepared.append((task, dataset))
+        jobs += build_jobs(dataset, task, planned_models(dataset, models, optional, environ, echo), folds)
     if o.slurm:
         if not jobs:
             echo("no task could be prepared; no SLURM script written")
@@ -682,10 +729,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MSD task folders (TaskXX_Name), their .tar archives, or folders holding them; with "
                         "--aggregate-only also the converted data sets ($nnUNet_raw/DatasetXXX_Name)")
     p.add_argument("--tasks", nargs="+", type=int, default=None, metavar="N", help="task numbers, e.g. 4 5")
-    p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), metavar="TRAINER[:CONFIG[:PLANS]]",
-                   help="trainers; pin a configuration / plans with ':'")
-    p.add_argument("--configurations", nargs="+", default=list(DEFAULT_CONFIGURATIONS),
-                   help="nnU-Net configurations, e.g. 2d 3d_fullres")
+    p.add_argument("--trainers", nargs="+", default=None, metavar="TRAINER[:CONFIG[:PLANS]]",
+                   help="trainers, each on every --configurations entry; pin a configuration / plans with ':' "
+                        f"(default: on 2D configurations {' '.join(DEFAULT_TRAINERS)}, on 3D ones "
+                        f"{' '.join(DEFAULT_3D_TRAINERS)})")
+    p.add_argument("--configurations", nargs="+", default=None,
+                   help="nnU-Net configurations, e.g. 2d 3d_fullres; one a task's plans lack skips the task with "
+                        "an error naming the planned ones (default: 2d; for the default models also 3d_fullres, "
+                        "for tasks whose plans have it)")
     p.add_argument("--resenc", nargs="*", default=[], choices=sorted(RESENC_PRESETS),
                    help="also nnUNetTrainer with these residual-encoder presets (nnU-Net Revisited)")
     p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS))

@@ -144,6 +144,27 @@ def resolve_dataset_name(dataset: str | int, environ=None) -> str:
                        f"or nnUNet_raw; run nnUNetv2_plan_and_preprocess -d {ident} first.")
 
 
+def planned_configurations(dataset: str, plans: str, environ=None) -> list[str] | None:
+    """The configurations in ``$nnUNet_preprocessed/<dataset>/<plans>.json`` (nnU-Net plans 3d_fullres only
+    for 3D images, 3d_lowres only for large ones), in its order; None when that plans file is not there."""
+    path = os.path.join(env_path("nnUNet_preprocessed", environ), dataset, plans + ".json")
+    try:
+        with open(path) as f:
+            return list(json.load(f).get("configurations", {}))
+    except (OSError, ValueError):
+        return None
+
+
+def not_planned_message(dataset: str, plans: str, configurations: Iterable[str], planned: Sequence[str]
+                        ) -> str | None:
+    """The error for configurations the plans lack, naming the ones they have; None when all are planned."""
+    absent = [c for c in configurations if c not in planned]
+    if not absent:
+        return None
+    return (f"{dataset}: plans {plans} have no configuration {', '.join(absent)}; they have "
+            f"{', '.join(planned) or 'none'}")
+
+
 # --- jobs --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Job:

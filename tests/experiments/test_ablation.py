@@ -90,6 +90,16 @@ def _no_temp_files(folder: str) -> bool:
     return not [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
+def _plan_and_preprocess(env: dict, dataset_id: int, configuration: str) -> None:
+    """nnU-Net's own plan_and_preprocess with one worker each (its default of 8 fingerprint workers spawns 8
+    interpreters for a few small images), without the (slow) integrity check."""
+    plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
+    proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+                 "plan_and_preprocess_entry as m; m()", "-d", str(dataset_id), "-c", configuration, "-np", "1",
+                 "-npfp", "1"], plan_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 # --- the shared tiny nnU-Net set-up and trained ablation ----------------------------------------------
 @pytest.fixture(scope="module")
 def nnunet_root(tmp_path_factory):
@@ -101,10 +111,7 @@ def nnunet_root(tmp_path_factory):
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         os.makedirs(env[var], exist_ok=True)
     write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "AblTiny", num_train=8, num_test=0, shape=(64, 64), seed=1)
-    plan_env = dict(env, nnUNet_n_proc_DA="1")  # the planner sets torch threads from it (0 is refused)
-    proc = _run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
-                 "plan_and_preprocess_entry as m; m()", "-d", str(DATASET_ID), "-c", "2d", "-np", "1"], plan_env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _plan_and_preprocess(env, DATASET_ID, "2d")
     cases = sorted(n[: -len(".png")] for n in os.listdir(os.path.join(env["nnUNet_raw"], DATASET, "labelsTr")))
     splits = [{"train": cases[4:], "val": cases[:4]}, {"train": cases[:4], "val": cases[4:]}]
     with open(os.path.join(env["nnUNet_preprocessed"], DATASET, "splits_final.json"), "w") as f:
@@ -229,6 +236,45 @@ def test_second_call_trains_nothing(trained):
     runs = _read_csv(os.path.join(trained["out"], "runs.csv"))
     assert {r["status"] for r in runs} == {"already_complete"}
     assert all(r["wall_time_s"] and r["epochs"] == "1" for r in runs)  # kept from the call that trained
+
+
+@pytest.mark.slow
+def test_3d_fullres_ablation_end_to_end(tmp_path):
+    """The same short trainers on tiny anisotropic volumes planned and preprocessed for 3d_fullres:
+    ``ablate-skips -c 3d_fullres`` with 0 and 3 skips on fold 0 trains the 3D network through nnUNetv2_train
+    and reports on 3D metrics (HD95 in mm from the spacing), every row saying 3d_fullres."""
+    from nnunet_swin.synthetic import write_synthetic_volumes
+
+    env = _env(str(tmp_path))
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        os.makedirs(env[var])
+    with open(os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py"), "w") as f:
+        f.write(TRAINER_MODULE)
+    dataset = os.path.basename(write_synthetic_volumes(env["nnUNet_raw"], 978, "AblVol", num_train=4, num_test=0,
+                                                       shape=(8, 32, 40), spacing=(3.0, 1.0, 1.0)).folder)
+    _plan_and_preprocess(env, 978, "3d_fullres")
+    cases = sorted(n[: -len(".nii.gz")] for n in os.listdir(os.path.join(env["nnUNet_raw"], dataset, "labelsTr")))
+    with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
+        json.dump([{"train": cases[2:], "val": cases[:2]}], f)
+    out = str(tmp_path / "out")
+    proc = _run([sys.executable, SCRIPT, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
+                 "--trainer-pattern", "MyShort_{k}skip", "--device", "cpu", "--out", out], env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("[done]") == 2
+    for k in (0, 3):
+        model = os.path.join(env["nnUNet_results"], dataset, f"MyShort_{k}skip__nnUNetPlans__3d_fullres")
+        assert os.path.isfile(os.path.join(model, "fold_0", "validation", "summary.json"))
+        assert len(json.load(open(os.path.join(model, "plans.json")))["configurations"]["3d_fullres"]["patch_size"]) == 3
+    per_case = _read_csv(os.path.join(out, "per_case.csv"))
+    assert len(per_case) == 2 * 2 * 2  # skips x validation cases x labels
+    assert {r["configuration"] for r in per_case} == {"3d_fullres"} and {r["fold"] for r in per_case} == {"0"}
+    assert all(r["hd95_mm"] == "" or float(r["hd95_mm"]) >= 0 for r in per_case)  # NIfTI: millimetres
+    summary = _read_csv(os.path.join(out, "summary.csv"))
+    assert sorted((r["skips"], r["label"]) for r in summary) == sorted(
+        (str(k), lab) for k in (0, 3) for lab in ("disc", "bar", "mean"))
+    assert {r["configuration"] for r in summary} == {"3d_fullres"}
+    md = open(os.path.join(out, "summary.md")).read()
+    assert md.startswith(f"# Skip-connection ablation: {dataset}, 3d_fullres\n") and "HD95 mm" in md
 
 
 @pytest.mark.slow
@@ -451,6 +497,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
     assert rc == 0, lines
     rows = {(int(r["skips"]), r["case"], r["label"]): r for r in _read_csv(os.path.join(out, "per_case.csv"))}
     assert len(rows) == 2 * 6 * 2
+    assert {r["configuration"] for r in rows.values()} == {"2d"}  # no table row without its configuration
     # PNG: nnU-Net reads no spacing (uses 1), so distances are in pixels and every column says so
     assert "hd95_mm" not in open(os.path.join(out, "per_case.csv")).readline()
     assert "hd95_mm" not in open(os.path.join(out, "summary.csv")).readline()
@@ -469,6 +516,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
 
     summary = {(int(r["skips"]), r["label"]): r for r in _read_csv(os.path.join(out, "summary.csv"))}
     assert set(summary) == {(k, lab) for k in (0, 3) for lab in ("a", "b", "mean")}
+    assert {r["configuration"] for r in summary.values()} == {"2d"}
     s0a = summary[(0, "a")]
     dices = [float(rows[(0, c, "a")]["dice"]) for c in ("c1", "c2", "c3", "c4", "c5", "c6")]
     assert float(s0a["dice_mean_shared"]) == pytest.approx(np.mean(dices), abs=1e-5)
@@ -482,6 +530,7 @@ def test_aggregation_metrics_and_empty_conventions(tmp_path):
     assert summary[(3, "a")]["dice_wilcoxon_p_vs_ref"] == ""  # the reference itself
     assert summary[(0, "b")]["dice_n_shared"] == "1"  # only c3 has a defined Dice for b
     md = open(os.path.join(out, "summary.md")).read()
+    assert md.startswith("# Skip-connection ablation: Dataset555_Fake, 2d\n")
     assert "image diagonal" in md and "rises monotonically" in md
     assert "| HD95 px | NSD@1 px |" in md and "are in pixels" in md and "HD95 mm" not in md
     assert "| 0 | a | 6 |" in md and " † | 5 (6) |" in md  # 5 non-zero pairs cannot reach p < 0.05
@@ -533,6 +582,38 @@ def test_default_out_and_pattern_checks(tmp_path):
                                                     ("nnUNetTrainerSwinUnet_3skip", "0"),
                                                     ("nnUNetTrainerSwinUnet_0skip", "1"),
                                                     ("nnUNetTrainerSwinUnet_3skip", "1")]
+
+
+def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_path):
+    """-c 3d_fullres goes into every nnUNetv2_train command, the SLURM array and its aggregation, and the
+    default report folder; a configuration the plans lack, or a data set not planned, is refused before any
+    work, naming what is planned."""
+    env = {"nnUNet_results": str(tmp_path / "res"), "nnUNet_preprocessed": str(tmp_path / "pre")}
+    root = os.path.join(env["nnUNet_preprocessed"], "Dataset042_Foo")
+    os.makedirs(root)
+    common = dict(folds=[0], skips=[0, 3], device="cpu", environ=env)
+    with pytest.raises(ValueError, match="Dataset042_Foo has no plans nnUNetPlans in nnUNet_preprocessed.*"
+                                         "nnUNetv2_plan_and_preprocess -d 42 -c 3d_fullres"):
+        ablation.run_ablation("42", "3d_fullres", dry_run=True, echo=lambda m: None, **common)
+    json.dump({"configurations": {"2d": {}, "3d_fullres": {}}}, open(os.path.join(root, "nnUNetPlans.json"), "w"))
+    with pytest.raises(ValueError, match="Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; "
+                                         "they have 2d, 3d_fullres"):
+        ablation.run_ablation("42", "3d_lowres", dry_run=True, echo=lambda m: None, **common)
+    lines = []
+    assert ablation.run_ablation("42", "3d_fullres", dry_run=True, echo=lines.append, **common) == 0
+    assert lines == [f"nnUNetv2_train Dataset042_Foo 3d_fullres 0 -tr nnUNetTrainerSwinUnet_{k}skip -p nnUNetPlans "
+                     "--npz -device cpu" for k in (0, 3)]
+    script = str(tmp_path / "abl.sh")
+    assert ablation.run_ablation("42", "3d_fullres", slurm=script, echo=lines.append, **common) == 0
+    text = open(script).read()
+    assert "--dataset Dataset042_Foo --configuration 3d_fullres --fold 0 --trainer nnUNetTrainerSwinUnet_3skip" in text
+    aggregation = text.split("NNUNET_AGGREGATE")[1]
+    assert "-c 3d_fullres" in aggregation
+    assert os.path.join(env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__3d_fullres") in aggregation
+    proc = subprocess.run([sys.executable, SCRIPT, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
+                          text=True, env={**os.environ, **env, "PYTHONPATH": REPO}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "ablate-skips: error: Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; they have 2d, 3d_fullres")
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -642,3 +723,7 @@ def test_a_narrower_rerun_keeps_the_whole_study_in_the_report(tmp_path):
     assert "for skips 0, 3, folds 0" in open(os.path.join(out, "summary.md")).read()
     with pytest.raises(ValueError, match="holds a study of trainer Fake_0skip for 0 skips.*its own --out"):
         ablation.run_ablation(ds, skips=[0], echo=lambda m: None, **dict(common, trainer_pattern="Other_{k}skip"))
+    # a 3D study never writes its report over a 2D one
+    with pytest.raises(ValueError, match="holds a study of Dataset555_Fake 2d \\(plans nnUNetPlans\\), not "
+                                         "Dataset555_Fake 3d_fullres .*its own --out"):
+        ablation.run_ablation(ds, "3d_fullres", skips=[0], echo=lambda m: None, **common)

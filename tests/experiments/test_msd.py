@@ -212,5 +212,12 @@ def test_missing_preprocessing_reads_plans_and_case_files(tmp_path):
     assert msd.missing_preprocessing("Dataset097_SynthMSD", "nnUNetPlans", ["2d", "3d_fullres"], env) == ["2d", "3d_fullres"]
     open(os.path.join(root, "nnUNetPlans_2d", "b.pkl"), "w").close()
     assert msd.missing_preprocessing("Dataset097_SynthMSD", "nnUNetPlans", ["2d", "3d_mine"], env) == []
-    with pytest.raises(msd.TaskError, match="no configuration 3d_lowres; they have 2d, 3d_fullres"):
+    with pytest.raises(msd.TaskError, match="no configuration 3d_lowres; they have 2d, 3d_fullres, 3d_mine"):
         msd.missing_preprocessing("Dataset097_SynthMSD", "nnUNetPlans", ["3d_lowres"], env)
+    # the benchmark's default 3D configuration: left out, not an error, where nnU-Net did not plan it
+    assert msd.missing_preprocessing("Dataset097_SynthMSD", "nnUNetPlans", ["2d", "3d_lowres"], env,
+                                     if_planned={"3d_lowres"}) == []
+    assert msd.missing_preprocessing("Dataset097_SynthMSD", "nnUNetPlans", ["2d", "3d_fullres"], env,
+                                     if_planned={"3d_fullres"}) == ["3d_fullres"]
+    assert msd.missing_preprocessing("Dataset098_Unplanned", "nnUNetPlans", ["2d", "3d_fullres"], env,
+                                     if_planned={"3d_fullres"}) == ["2d", "3d_fullres"]  # nnU-Net decides

@@ -11,6 +11,8 @@ training.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -197,19 +199,107 @@ def test_slurm_script_and_aggregate_only(bench):
 
 
 # --- models, ranking, set-up errors ------------------------------------------------------------------------
-def test_default_models_pair_swin_with_2d_only():
+def test_default_models_put_the_skip_study_on_2d_and_one_swin_unet_next_to_the_cnn_on_3d():
+    swin2d = [Model(f"nnUNetTrainerSwinUnet_{k}skip", "nnUNetPlans", "2d") for k in range(4)]
+    cnn2d, cnn3d = Model("nnUNetTrainer", "nnUNetPlans", "2d"), Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres")
+    swin3d = Model("nnUNetTrainerSwinUnet", "nnUNetPlans", "3d_fullres")
+    assert mb.build_models() == [*swin2d, cnn2d, swin3d, cnn3d]
+    assert mb.if_planned(None, None) == {"3d_fullres"}  # the default 3D models: only where nnU-Net plans 3d_fullres
+    assert mb.build_models(None, ["2d"]) == [*swin2d, cnn2d]
+    assert mb.build_models(None, ["3d_fullres", "3d_lowres"]) == [
+        swin3d, cnn3d, Model("nnUNetTrainerSwinUnet", "nnUNetPlans", "3d_lowres"),
+        Model("nnUNetTrainer", "nnUNetPlans", "3d_lowres")]
+    assert mb.if_planned(None, ["2d", "3d_fullres"]) == frozenset()  # named: an error where not planned
+    assert mb.if_planned(["A:3d_fullres"], None) == frozenset()
+    with_resenc = mb.build_models(None, ["2d", "3d_fullres"], ["M"])
+    assert with_resenc == [*swin2d, cnn2d, swin3d, cnn3d, Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "2d"),
+                           Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "3d_fullres")]
+    assert mb.plans_to_prepare(with_resenc) == {"nnUNetPlans": ["2d", "3d_fullres"],
+                                                "nnUNetResEncUNetMPlans": ["2d", "3d_fullres"]}
+    # named trainers run on every configuration (default 2d), Swin-Unet in 3D too, unless pinned
+    assert mb.build_models(["nnUNetTrainerSwinUnet_1skip", "X:2d"], ["2d", "3d_fullres"]) == [
+        Model("nnUNetTrainerSwinUnet_1skip", "nnUNetPlans", "2d"),
+        Model("nnUNetTrainerSwinUnet_1skip", "nnUNetPlans", "3d_fullres"), Model("X", "nnUNetPlans", "2d")]
+    assert mb.build_models(["A", "B:3d_fullres"], None, ["L"]) == [
+        Model("A", "nnUNetPlans", "2d"), Model("B", "nnUNetPlans", "3d_fullres"),
+        Model("nnUNetTrainer", "nnUNetResEncUNetLPlans", "2d")]
+
+
+def _planned(env: dict, configurations: dict, dataset: str = DATASET, cases: int = 2) -> None:
+    """A planned data set in nnUNet_preprocessed: ``configurations`` {name: preprocessed (all cases there)}."""
+    root = os.path.join(env["nnUNet_preprocessed"], dataset)
+    os.makedirs(root, exist_ok=True)
+    json.dump({"numTraining": cases}, open(os.path.join(root, "dataset.json"), "w"))
+    plans = {"configurations": {c: {"data_identifier": f"nnUNetPlans_{c}"} for c in configurations}}
+    json.dump(plans, open(os.path.join(root, "nnUNetPlans.json"), "w"))
+    for c, done in configurations.items():
+        os.makedirs(os.path.join(root, f"nnUNetPlans_{c}"), exist_ok=True)
+        for i in range(cases if done else 0):
+            open(os.path.join(root, f"nnUNetPlans_{c}", f"case{i}.pkl"), "w").close()
+
+
+def test_planned_models_leave_out_a_default_configuration_the_plans_lack(tmp_path):
+    env = {"nnUNet_preprocessed": str(tmp_path)}
+    models = mb.build_models()
     notes = []
-    models = mb.build_models(mb.DEFAULT_TRAINERS, ("2d", "3d_fullres"), ("M",), notes.append)
-    assert Model("nnUNetTrainerSwinUnet_2skip", "nnUNetPlans", "2d") in models
-    assert not any("SwinUnet" in m.trainer and m.configuration == "3d_fullres" for m in models)
-    assert Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres") in models
-    assert Model("nnUNetTrainer", "nnUNetResEncUNetMPlans", "3d_fullres") in models
-    assert len(models) == 4 + 2 + 2 and not notes
-    assert mb.plans_to_prepare(models) == {"nnUNetPlans": ["2d", "3d_fullres"],
-                                           "nnUNetResEncUNetMPlans": ["2d", "3d_fullres"]}
-    only_3d = mb.build_models(mb.DEFAULT_TRAINERS, ("3d_fullres",), (), notes.append)
-    assert only_3d == [Model("nnUNetTrainer", "nnUNetPlans", "3d_fullres")]
-    assert len(notes) == 4 and "is a 2D network" in notes[0]
+    assert mb.planned_models(DATASET, models, mb.IF_PLANNED, env, notes.append) == models  # not planned yet
+    assert notes == [f"note: {DATASET} is not planned with nnUNetPlans yet; nnUNetTrainerSwinUnet, nnUNetTrainer on "
+                     "3d_fullres are listed as if it will have 3d_fullres (nnU-Net plans it for 3D images)"]
+    _planned(env, {"2d": True})  # a 2D data set: nnU-Net plans no 3d_fullres
+    notes.clear()
+    assert mb.planned_models(DATASET, models, mb.IF_PLANNED, env, notes.append) == models[:5]
+    assert notes == [f"note: {DATASET}: plans nnUNetPlans have no 3d_fullres (nnU-Net plans it for 3D images only); "
+                     "nnUNetTrainerSwinUnet, nnUNetTrainer on 3d_fullres left out"]
+    notes.clear()
+    assert mb.planned_models(DATASET, models, frozenset(), env, notes.append) == models and not notes
+    _planned(env, {"2d": True, "3d_fullres": False})
+    assert mb.planned_models(DATASET, models, mb.IF_PLANNED, env, notes.append) == models and not notes
+
+
+def test_dry_run_and_slurm_script_with_the_default_models(tmp_path):
+    """Default models on a task planned in 2D and 3D: the 3D Swin-Unet and CNN train on 3d_fullres after its
+    preprocessing; on a 2D-only plan they are left out; a configuration named but not planned skips the task
+    with an error naming the planned ones; the SLURM array has the 3D runs."""
+    from nnunet_swin.synthetic import write_msd_task
+
+    env = {var: str(tmp_path / var) for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    task = write_msd_task(str(tmp_path / "dl"), "Task97_SynthMSD", num_train=2, num_test=0, shape=(2, 8, 8))
+    os.makedirs(os.path.join(env["nnUNet_raw"], DATASET, "labelsTr"))  # converted: the files the check counts
+    json.dump({"numTraining": 2}, open(os.path.join(env["nnUNet_raw"], DATASET, "dataset.json"), "w"))
+    for i in range(2):
+        open(os.path.join(env["nnUNet_raw"], DATASET, "labelsTr", f"synthmsd_{i:03d}.nii.gz"), "w").close()
+    _planned(env, {"2d": True, "3d_fullres": False})
+    lines = []
+    o = mb.Options([task], folds=["0"], device="cpu", dry_run=True, out=str(tmp_path / "out"))
+    assert mb.run_benchmark(o, env, lines.append) == 0, lines
+    assert lines[0] == "nnUNetv2_plan_and_preprocess -d 97 -pl ExperimentPlanner -c 3d_fullres -np 4 " \
+                       "--verify_dataset_integrity"
+    trains = [line for line in lines if line.startswith("nnUNetv2_train")]
+    assert [t.split(" -p ")[0] for t in trains] == [
+        *(f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_{k}skip" for k in range(4)),
+        f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainer",
+        f"nnUNetv2_train {DATASET} 3d_fullres 0 -tr nnUNetTrainerSwinUnet",
+        f"nnUNetv2_train {DATASET} 3d_fullres 0 -tr nnUNetTrainer"]
+
+    script = str(tmp_path / "msd.sh")
+    _planned(env, {"2d": True, "3d_fullres": True})  # the SLURM script is written after preprocessing
+    assert mb.run_benchmark(dataclasses.replace(o, dry_run=False, slurm=script), env, lines.append) == 0
+    text = open(script).read()
+    assert "--configuration 3d_fullres --fold 0 --trainer nnUNetTrainerSwinUnet --plans nnUNetPlans" in text
+    assert "--configurations" not in text.split("NNUNET_AGGREGATE")[1]  # the aggregation keeps the defaults
+
+    _planned(env, {"2d": True})
+    lines.clear()
+    assert mb.run_benchmark(o, env, lines.append) == 0, lines
+    assert not any(line.startswith("nnUNetv2_plan_and_preprocess") for line in lines)
+    assert not any("3d_fullres" in line for line in lines if line.startswith("nnUNetv2_train"))
+    assert f"note: {DATASET}: plans nnUNetPlans have no 3d_fullres" in "\n".join(lines)
+
+    lines.clear()
+    named = dataclasses.replace(o, configurations=["2d", "3d_fullres"])
+    assert mb.run_benchmark(named, env, lines.append) == 1
+    assert f"[SKIPPED] {DATASET}: plans nnUNetPlans have no configuration 3d_fullres; they have 2d" in lines
+    assert not any(line.startswith("nnUNetv2_train") for line in lines)
 
 
 def test_pinned_and_bad_trainer_specs():
@@ -243,8 +333,12 @@ def test_cli_has_the_subcommand():
     args = build_parser().parse_args(["benchmark-msd", "/data/Task04_Hippocampus.tar", "--tasks", "4",
                                       "--resenc", "M", "--gpus", "0,1"])
     o = mb.options_from_args(args)
-    assert o.tasks == [4] and o.resenc == ["M"] and o.gpus == "0,1" and o.trainers == list(mb.DEFAULT_TRAINERS)
+    assert o.tasks == [4] and o.resenc == ["M"] and o.gpus == "0,1" and o.trainers is o.configurations is None
     assert args.func is mb.handle_args
+    assert "--trainers" not in o.argv() and "--configurations" not in o.argv()  # the defaults, for SLURM's aggregation
+    o = mb.options_from_args(build_parser().parse_args(["benchmark-msd", "x", "--trainers", "A", "--configurations",
+                                                        "3d_fullres"]))
+    assert o.argv()[1:5] == ["--trainers", "A", "--configurations", "3d_fullres"]
 
 
 def test_a_narrower_rerun_keeps_earlier_tasks_models_and_folds(tmp_path):
