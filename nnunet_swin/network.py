@@ -23,6 +23,7 @@ import math
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -44,6 +45,20 @@ def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None when it is off (or, like on the meta
+    device, does not exist)."""
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _forward_autocast(ctx) -> AbstractContextManager:
+    """The autocast state a custom function's forward ran under (``ctx.autocast``), for its backward."""
+    device, dtype = ctx.autocast
+    return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+
+
 class _RecomputedLinear(torch.autograd.Function):
     """``linear(fn(x))`` that keeps ``x`` for backward instead of ``fn(x)`` and recomputes the cheap,
     memory-bound ``fn`` (LayerNorm, GELU) there; the matmuls are never recomputed."""
@@ -53,17 +68,16 @@ class _RecomputedLinear(torch.autograd.Function):
         out = F.linear(fn(x, *fn_params), weight, bias)
         ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
         device = x.device.type  # backward runs outside autocast: recompute fn under the forward's autocast state
-        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        ctx.autocast = (device, _autocast_dtype(device))
         ctx.save_for_backward(x, weight, bias, *fn_params)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, *params = ctx.saved_tensors
-        device, dtype, enabled = ctx.autocast
         if torch.is_grad_enabled():  # create_graph: differentiate the plain formula so double backward is right
             return _RecomputedLinear._differentiable_backward(ctx, grad_out, x, weight, bias, params)
-        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+        with torch.enable_grad(), _forward_autocast(ctx):
             leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
             y = ctx.fn(*leaves)
         dt = ctx.out_dtype  # the dtype autocast ran the linear in
@@ -78,8 +92,7 @@ class _RecomputedLinear(torch.autograd.Function):
     def _differentiable_backward(ctx, grad_out, x, weight, bias, params):
         """Backward as a graph of the saved inputs (``create_graph=True``): ``linear(fn(x))`` is recomputed
         with autograd recording, so gradients of these gradients (double backward) are exact."""
-        device, dtype, enabled = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
+        with _forward_autocast(ctx):
             out = F.linear(ctx.fn(x, *params), weight, bias)
         inputs = [x, weight, bias, *params]
         wanted = [t for t in inputs if t is not None and t.requires_grad]
@@ -428,9 +441,9 @@ class SwinBlock(nn.Module):
         would cast each one, and cast each gradient back, separately). Otherwise None for each."""
         linears = (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2)
         device = x.device.type
-        if _is_compiling() or not torch.is_autocast_enabled(device):
+        dtype = None if _is_compiling() else _autocast_dtype(device)
+        if dtype is None:
             return [None] * 8
-        dtype = torch.get_autocast_dtype(device)
         params = [t for lin in linears for t in (lin.weight, lin.bias)]
         if any(p is None or p.dtype == dtype for p in params):
             return [None] * 8
@@ -985,7 +998,7 @@ class SwinUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
         device = x.device.type
-        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+        if _autocast_dtype(device) == torch.float16:
             # fp16 overflows in Swin attention and MLPs (max 65504). nnU-Net's validation and predictor
             # autocast to fp16 unless told otherwise: compute in float32 then, never in fp16.
             with torch.autocast(device, enabled=False):

@@ -32,11 +32,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_swin.experiments.runner import atomic_write
+from nnunet_swin.memory import saved_bytes
 from nnunet_swin.network import SwinBlock, SwinUnet, fit_window_size, strides_from_pooling
 
 __all__ = ["COLUMNS_3D", "BenchResult", "Candidate", "PadToMultiple", "Target", "bench_command", "candidates",
            "candidates_3d", "complexity_table", "count_kernel_launches", "cpu_targets", "format_table",
-           "nnunet_plain_unet", "nnunet_plan", "run_bench", "saved_bytes", "swin_plan_options", "write_results"]
+           "nnunet_plain_unet", "nnunet_plan", "run_bench", "swin_plan_options", "write_results"]
 
 # The official architecture, re-implemented from the paper as the tests' oracle. It lives in the
 # repository's tests (not in the installed package), so its bench row exists only in a checkout.
@@ -314,29 +315,6 @@ def forward_gmacs(model: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / 2 / 1e9
-
-
-def saved_bytes(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> tuple[int, int]:
-    """Unique storage bytes kept for backward by one forward: activations only, and including the
-    parameters that backward also holds on to (how ../shared/reference counts "saved act.")."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        storage = t.untyped_storage()
-        seen[_storage_id(storage)] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device, autocast):
-        out = model(x)
-    del out
-    params = {_storage_id(p.untyped_storage()) for p in model.parameters()}
-    return sum(n for key, n in seen.items() if key not in params), sum(seen.values())
-
-
-def _storage_id(storage: torch.UntypedStorage) -> int:
-    """The storage's own identity (its C++ object), shared by all views of it: unlike the data pointer it also
-    tells storages apart on the meta device, where every data pointer is 0."""
-    return storage._cdata
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

@@ -11,11 +11,10 @@ from nnunet_swin.trainers.base import (
     WarmupPolyLRScheduler,
     deep_supervision_scales,
     round_patch_size,
-    saved_activation_bytes,
 )
 from nnunet_swin.trainers.variants import *  # noqa: F401,F403
 from nnunet_swin.trainers.variants import TRAINERS, ShortSchedule
 
 __all__ = ["AbstractSwinUnetTrainer", "UnsupportedConfigurationError", "WarmupPolyLRScheduler",
-           "deep_supervision_scales", "round_patch_size", "saved_activation_bytes", "ShortSchedule", "TRAINERS",
+           "deep_supervision_scales", "round_patch_size", "ShortSchedule", "TRAINERS",
            *[t.__name__ for t in TRAINERS]]

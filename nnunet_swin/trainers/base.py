@@ -58,6 +58,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_swin.memory import estimated_saved_bytes
 from nnunet_swin.network import NUM_STAGES, SwinUnet, fit_window_size, strides_from_pooling
 
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
@@ -80,38 +81,6 @@ def deep_supervision_scales(output_strides: Sequence[Sequence[int]]) -> list[lis
     """nnU-Net's deep-supervision scales (fraction of the patch per axis, highest resolution first) for a
     network's output strides, e.g. strides (1, 1, 1), (1, 4, 4), ... -> [1, 1, 1], [1, 0.25, 0.25], ..."""
     return [[1 / int(s) for s in stride] for stride in output_strides]
-
-
-def saved_activation_bytes(net: nn.Module, input_shape: Sequence[int],
-                           autocast_dtype: torch.dtype | None = None) -> int:
-    """Bytes of unique storage one training forward of ``input_shape`` keeps for backward, parameters not
-    counted. Measured with fake tensors (shapes and dtypes only: no memory, no arithmetic), so it is cheap
-    for any patch and batch; ``autocast_dtype`` runs the forward under autocast to that dtype on the
-    network's device type."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    device = next(net.parameters()).device
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[storage._cdata] = storage.nbytes()  # keyed by the storage itself: views count once
-        return t
-
-    was_training = net.training
-    net.train()
-    try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                    torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                out = net(torch.empty(*input_shape, device=device))
-            # backward keeps parameters too, some as they are, some as the fake copies ops made of them
-            params = {q.untyped_storage()._cdata for p in net.parameters() for q in (p, mode.from_tensor(p))}
-            total = sum(n for key, n in seen.items() if key not in params)
-            del out
-    finally:
-        net.train(was_training)
-    return total
 
 
 class WarmupPolyLRScheduler(_LRScheduler):
@@ -360,7 +329,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         shape = (self.batch_size, self.num_input_channels, *patch)
         precision = str(self.autocast_dtype).replace("torch.", "") + " autocast" if self.autocast_dtype else "fp32"
         try:
-            memory = f"{saved_activation_bytes(net, shape, self.autocast_dtype) / 2**20:.0f} MiB"
+            memory = f"{estimated_saved_bytes(net, shape, self.autocast_dtype) / 2**20:.0f} MiB"
         except Exception as e:  # an estimate for the log: never a reason to stop training
             memory = f"not measured ({type(e).__name__}: {e})"
         pooling = f", nnU-Net's pooling {self.configuration_manager.pool_op_kernel_sizes}" if len(patch) != 2 else ""

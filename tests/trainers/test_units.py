@@ -19,7 +19,6 @@ from nnunet_swin.trainers import (
     deep_supervision_scales,
     nnUNetTrainerSwinUnet,
     round_patch_size,
-    saved_activation_bytes,
 )
 
 #: nnU-Net's pooling for a prostate-like plan: in-plane only at first (3.6 mm slices), then isotropic.
@@ -392,24 +391,7 @@ def test_ds_loss_weights_do_not_depend_on_ddp_or_compile(results_env, is_ddp, co
     assert [h.weight.requires_grad for h in net.decoder.seg_layers] == [True, False, False, False]
 
 
-# --- memory estimate and ImageNet weights in 3D -------------------------------------------------------
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_memory_estimate_equals_a_real_forward_and_leaves_the_network_usable(checkpointing):
-    """The fake-tensor count is the real forward's unique saved storage (bench's measurement); the stage
-    geometries it builds on fake tensors do not stay in the network's cache for the real forward after it."""
-    from nnunet_swin.experiments.bench import saved_bytes
-
-    pm, cm = _managers(_plans(patch_3d=(8, 64, 64)), "3d_fullres")
-    net = _tiny(nnUNetTrainerSwinUnet).build_network_architecture(pm, cm, 1, 3, False)
-    net.set_grad_checkpointing(checkpointing)
-    shape = (2, 1, 4, 96, 32)  # a size no other test met: its geometries are first built on fake tensors
-    fake = saved_activation_bytes(net.eval(), shape)
-    assert not net.training  # mode restored
-    torch.manual_seed(0)
-    real, _ = saved_bytes(net.train(), torch.randn(*shape))
-    assert fake == real > 0
-
-
+# --- ImageNet weights in 3D -------------------------------------------------------------------------
 def test_imagenet_trainer_in_3d_loads_inflated_swin_t_at_train_start(results_env, monkeypatch, tmp_path):
     """An IN1k trainer on a 3D plan keeps Swin-T's width, builds without weights (inference), and loads
     Swin-T inflated along depth when training starts."""
