@@ -1,9 +1,9 @@
 """SwinUnet: shapes over sizes x skips x up-sampling, parameter counts, deep supervision, attention
 paths, padding masks, mixed precision and input errors."""
 
+import math
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -12,6 +12,8 @@ from torch import nn
 
 from nnunet_swin import SwinUnet
 from nnunet_swin import network
+from nnunet_swin.network import blocks, geometry, ops
+from nnunet_swin.network import model as model_module
 from nnunet_swin.network import SwinBlock, attention_mask, window_geometry
 
 SMALL = dict(embed_dim=24, num_heads=(1, 2, 4, 8), drop_path_rate=0.0)  # fast, same structure as the paper's
@@ -188,22 +190,22 @@ def test_pad_then_shift_keeps_windows_whole():
 def test_geometry_is_shared_between_blocks_and_bounded(monkeypatch):
     """One cache entry per (size, window, shift, device), used by every block with that geometry, and
     bounded memory however many sizes are seen (predicting whole images of many sizes)."""
-    network._GEOMETRY_CACHE.clear()
+    geometry._GEOMETRY_CACHE.clear()
     model = SwinUnet(1, 2, **SMALL).eval()
     with torch.no_grad():
         model(torch.randn(1, 1, 64, 96))
-    assert len(network._GEOMETRY_CACHE) == 8  # 4 stage sizes x (shifted, not): encoder and decoder share them
-    assert {key[0] for key in network._GEOMETRY_CACHE} == {(16, 24), (8, 12), (4, 6), (2, 3)}
+    assert len(geometry._GEOMETRY_CACHE) == 8  # 4 stage sizes x (shifted, not): encoder and decoder share them
+    assert {key[0] for key in geometry._GEOMETRY_CACHE} == {(16, 24), (8, 12), (4, 6), (2, 3)}
     limit = 2 * 2**20
-    monkeypatch.setattr(network, "GEOMETRY_CACHE_BYTES", limit)
+    monkeypatch.setattr(geometry, "GEOMETRY_CACHE_BYTES", limit)
     for k in range(1, 41):  # 40 more stage sizes, as whole images of many sizes would bring
         for shifted in (False, True):
             network.stage_geometry((8 * k, 64), (7, 7), shifted, torch.device("cpu"))
-        held = sum(g.nbytes for g in network._GEOMETRY_CACHE.values())
-        assert held <= limit or len(network._GEOMETRY_CACHE) == 8
-    assert 8 <= len(network._GEOMETRY_CACHE) < 40
-    assert ((320, 64), (7, 7), True, "cpu") in network._GEOMETRY_CACHE
-    assert ((64, 64), (7, 7), True, "cpu") not in network._GEOMETRY_CACHE
+        held = sum(g.nbytes for g in geometry._GEOMETRY_CACHE.values())
+        assert held <= limit or len(geometry._GEOMETRY_CACHE) == 8
+    assert 8 <= len(geometry._GEOMETRY_CACHE) < 40
+    assert ((320, 64), (7, 7), True, "cpu") in geometry._GEOMETRY_CACHE
+    assert ((64, 64), (7, 7), True, "cpu") not in geometry._GEOMETRY_CACHE
 
 
 def test_inference_mode_does_not_poison_training():
@@ -224,8 +226,8 @@ def test_recomputed_linear_supports_double_backward():
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     nw = torch.randn(5, dtype=torch.float64, requires_grad=True)
     nb = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    norm = lambda *t: network._RecomputedLinear.apply(t[0], t[1], t[2], network._layer_norm, t[3], t[4])
-    gelu = lambda *t: network._RecomputedLinear.apply(t[0], t[1], t[2], F.gelu)
+    norm = lambda *t: ops._RecomputedLinear.apply(t[0], t[1], t[2], ops._layer_norm, t[3], t[4])
+    gelu = lambda *t: ops._RecomputedLinear.apply(t[0], t[1], t[2], F.gelu)
     assert torch.autograd.gradgradcheck(norm, (x, w, b, nw, nb))
     assert torch.autograd.gradgradcheck(gelu, (x, w, b))
 
@@ -240,27 +242,37 @@ def test_explicit_attention_keeps_float64():
     torch.testing.assert_close(explicit, fused, rtol=1e-12, atol=1e-12)
 
 
-def _garbage_pad(x, pad, *args, **kwargs):
-    """F.pad that fills with large random values instead of zeros."""
-    out = F.pad(x, pad, *args, **kwargs)
-    filler = torch.randn_like(out) * 100
-    real = F.pad(torch.ones_like(x), pad)
-    return torch.where(real > 0, out, filler)
+# (block, input): 10x12 does not tile 7x7 windows (padded to 14x14); 5x9x10 does not tile 3x4x4 (6x12x12)
+PADDED = {"2d": (dict(dim=16, num_heads=2, window_size=7), (2, 10, 12, 16)),
+          "3d": (dict(dim=8, num_heads=2, window_size=(3, 4, 4)), (2, 5, 9, 10, 8))}
 
 
+@pytest.mark.parametrize("case", PADDED)
 @pytest.mark.parametrize("shifted", [False, True])
-def test_padding_tokens_do_not_change_real_tokens(monkeypatch, shifted):
-    block = SwinBlock(16, 2, window_size=7, shifted=shifted).eval()
-    x = torch.randn(2, 10, 12, 16)  # 10x12 does not tile 7x7 windows: padded to 14x14
+def test_padding_tokens_do_not_change_real_tokens(monkeypatch, case, shifted):
+    """Padding tokens read some real token (their value is never used): make them read random other tokens
+    and the output must not move; the check bites, because without the -inf keys it does move."""
+    options, shape = PADDED[case]
+    block = SwinBlock(**options, shifted=shifted).eval()
+    x = torch.randn(*shape)
+    build, total = geometry.build_geometry, math.prod(shape[1:-1])
+
+    def scrambled(*args, **kwargs):
+        geo = build(*args, **kwargs)
+        return geo._replace(gather=torch.where(geo.order >= total, torch.randint_like(geo.gather, 0, total),
+                                               geo.gather))
+
     with torch.no_grad():
+        geometry._GEOMETRY_CACHE.clear()
         reference = block(x)
-        monkeypatch.setattr(network, "F", types.SimpleNamespace(**{**vars(F), "pad": _garbage_pad}))
-        assert torch.allclose(block(x), reference, atol=1e-5)
-        # the test can fail: without the padding mask the garbage leaks into real tokens
-        unmasked = lambda *a: (lambda m: m.masked_fill(m == float("-inf"), 0.0))(attention_mask(*a))
-        monkeypatch.setattr(network, "attention_mask", unmasked)
-        network._GEOMETRY_CACHE.clear()
+        monkeypatch.setattr(geometry, "build_geometry", scrambled)
+        geometry._GEOMETRY_CACHE.clear()
+        torch.testing.assert_close(block(x), reference, rtol=1e-5, atol=1e-5)
+        monkeypatch.setattr(geometry, "attention_mask",
+                            lambda *a: attention_mask(*a).masked_fill(attention_mask(*a) == float("-inf"), 0.0))
+        geometry._GEOMETRY_CACHE.clear()
         assert not torch.allclose(block(x), reference, atol=1e-3)
+    geometry._GEOMETRY_CACHE.clear()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -347,14 +359,12 @@ def test_recomputed_norms_give_exact_gradients():
     model(x).square().mean().backward()
     ours = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
-    original = (network.norm_linear, network.gelu_linear)
-    try:  # plain autograd: the same functions without the custom backward
-        network.norm_linear = lambda x, norm, lin, *_: F.linear(norm(x) if norm is not None else x,
-                                                                 lin.weight.flatten(1), lin.bias)
-        network.gelu_linear = lambda x, lin, *_: lin(F.gelu(x))
+    with pytest.MonkeyPatch.context() as mp:  # plain autograd: the same functions without the custom backward
+        for module in (blocks, model_module):
+            mp.setattr(module, "norm_linear", lambda x, norm, lin, *_: F.linear(norm(x) if norm is not None else x,
+                                                                               lin.weight.flatten(1), lin.bias))
+        mp.setattr(blocks, "gelu_linear", lambda x, lin, *_: lin(F.gelu(x)))
         model(x).square().mean().backward()
-    finally:
-        network.norm_linear, network.gelu_linear = original
     plain = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(ours) == len(plain)
     for a, b in zip(ours, plain):
@@ -375,7 +385,7 @@ def test_recomputation_in_backward_runs_under_the_forwards_autocast():
     norm, lin = nn.LayerNorm(16), nn.Linear(16, 8)
     x = torch.randn(4, 16).to(torch.bfloat16).requires_grad_()  # e.g. the output of a bf16 linear
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = network._RecomputedLinear.apply(x, lin.weight, lin.bias, spy_norm, norm.weight, norm.bias)
+        out = ops._RecomputedLinear.apply(x, lin.weight, lin.bias, spy_norm, norm.weight, norm.bias)
         reference = F.linear(F.layer_norm(x, (16,), norm.weight, norm.bias), lin.weight, lin.bias)
     ours = torch.autograd.grad(out.float().sum(), (x, lin.weight, norm.weight))
     plain = torch.autograd.grad(reference.float().sum(), (x, lin.weight, norm.weight))

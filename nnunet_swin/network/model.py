@@ -1,0 +1,418 @@
+"""Stages, encoder, decoder and ``SwinUnet`` itself: the U-Net assembled from the blocks, its options checked
+once at build time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from nnunet_swin.network.blocks import _UPSAMPLERS, UPSAMPLING_MODES, PatchEmbed, PatchMerging, SwinBlock, \
+    WindowAttention, _channels_first, _channels_last, _conv
+from nnunet_swin.network.geometry import NUM_STAGES, window_geometry
+from nnunet_swin.network.ops import _autocast_dtype, norm_linear
+from nnunet_swin.network.plans import _per_axis, nearest_valid_sizes
+
+
+class SwinStage(nn.Module):
+    """``depth`` Swin blocks (even blocks W-MSA, odd blocks SW-MSA) at one resolution."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: Sequence[int],
+        drop_path: Sequence[float],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        fused_attention: bool,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.grad_checkpointing = False
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, i % 2 == 1, mlp_ratio, qkv_bias, drop_path[i], fused_attention)
+            for i in range(depth)
+        )
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and x.requires_grad:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class EncoderStage(SwinStage):
+    """Swin blocks, then PatchMerging at the end of the stage (the official layout, not timm's)."""
+
+    def __init__(self, *args, downsample: Sequence[int] | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.downsample = PatchMerging(self.dim, downsample) if downsample is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.run_blocks(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class DecoderStage(SwinStage):
+    """Optional skip fusion (concat [x, skip], Linear 2C -> C with bias), Swin blocks, optional up-sampling
+    by the stride of the encoder's merging at this scale.
+
+    ``forward`` returns the features after the blocks (for the deep-supervision head) and the
+    up-sampled tensor for the next stage (or None at the last stage).
+    """
+
+    def __init__(self, *args, fuse: bool, upsampling: str | None, scale: Sequence[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fuse = nn.Linear(2 * self.dim, self.dim) if fuse else None
+        self.upsample = _UPSAMPLERS[upsampling](self.dim, self.dim // 2, scale) if upsampling else None
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.fuse is not None:
+            x = self.fuse(torch.cat([x, skip], dim=-1))
+        x = self.run_blocks(x)
+        return x, (self.upsample(x) if self.upsample is not None else None)
+
+
+class SwinEncoder(nn.Module):
+    """Patch embedding, three Swin stages ending in PatchMerging, the bottleneck stage and its norm.
+
+    ``forward`` returns the skips finest first (1/4, 1/8, 1/16 of the input with the default strides,
+    channels first), then the 1/32 bottleneck. As in the official code a skip is the *input* of a stage
+    (the patch embedding, then the PatchMerging outputs), not the output of the Swin blocks at that scale.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        patch_size: Sequence[int],
+        merge_strides: Sequence[Sequence[int]],
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_size: Sequence[int],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: Sequence[Sequence[float]],
+        fused_attention: bool,
+    ):
+        super().__init__()
+        self.input_channels = input_channels
+        self.patch_embed = PatchEmbed(input_channels, embed_dim, patch_size)
+        self.stages = nn.ModuleList(
+            EncoderStage(
+                embed_dim * 2**i,
+                depths[i],
+                num_heads[i],
+                window_size,
+                drop_path[i],
+                mlp_ratio,
+                qkv_bias,
+                fused_attention,
+                downsample=merge_strides[i] if i < NUM_STAGES - 1 else None,
+            )
+            for i in range(NUM_STAGES)
+        )
+        self.norm = nn.LayerNorm(embed_dim * 2 ** (NUM_STAGES - 1))
+
+    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Like ``forward`` but channels-last (B, *sizes, C), which is what the decoder consumes."""
+        x = self.patch_embed(x)
+        outputs = []
+        for stage in self.stages:
+            outputs.append(x)
+            x = stage(x)
+        return outputs[:-1] + [self.norm(x)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [_channels_first(t) for t in self.forward_tokens(x)]
+
+
+class SwinDecoder(nn.Module):
+    """Mirror of the encoder: a bare expand from the bottleneck, then three stages of skip fusion,
+    Swin blocks and expand (each by the stride of the encoder's merging at that scale), then LayerNorm,
+    the final expand by the patch size and a bias-free 1x1 head.
+
+    ``deep_supervision`` is a plain attribute (nnU-Net's trainer sets it): when True, ``forward``
+    returns logits at full size and at the three finest token scales (1/4, 1/8, 1/16 of the input with
+    the default strides; ``SwinUnet.output_strides``), highest resolution first. The auxiliary heads
+    exist either way, so checkpoints load with it on or off.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        window_size: Sequence[int],
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path: Sequence[Sequence[float]],
+        fused_attention: bool,
+        upsampling: str,
+        num_skips: int,
+        patch_size: Sequence[int],
+        merge_strides: Sequence[Sequence[int]],
+        deep_supervision: bool,
+    ):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        self.num_skips = num_skips
+        stages = []
+        for i in range(NUM_STAGES):  # i = 0 at the bottleneck ... i = 3 at the finest token scale
+            enc = NUM_STAGES - 1 - i  # the encoder stage at the same resolution
+            stages.append(
+                DecoderStage(
+                    embed_dim * 2**enc,
+                    depths[enc] if i else 0,  # official layers_up.0 is a bare PatchExpand
+                    num_heads[enc],
+                    window_size,
+                    drop_path[enc],
+                    mlp_ratio,
+                    qkv_bias,
+                    fused_attention,
+                    fuse=i > 0 and enc < num_skips,  # k skips: the k finest scales
+                    upsampling=upsampling if enc else None,
+                    scale=merge_strides[enc - 1] if enc else None,
+                )
+            )
+        self.stages = nn.ModuleList(stages)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, patch_size)
+        # Output heads, one per output in deep-supervision order: seg_layers[0] is the full-resolution head,
+        # then the finest token scale (reads the normed features of the last stage) and the two coarser ones.
+        # nnU-Net's -pretrained_weights skips every key containing ".seg_layers.", so fine-tuning between label
+        # sets works; this order is the old head, aux_heads.0-2 order, so optimizer states of older
+        # checkpoints still line up.
+        conv = _conv(len(patch_size))
+        self.seg_layers = nn.ModuleList(
+            conv(embed_dim * 2 ** max(0, i - 1), num_classes, kernel_size=1, bias=False) for i in range(NUM_STAGES)
+        )
+        self.register_load_state_dict_pre_hook(_rename_old_head_keys)
+
+    def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """features: channels-last skips (finest first) then the bottleneck, as the encoder makes them."""
+        skips = features[:-1]
+        x: torch.Tensor | None = features[-1]
+        per_scale = []  # decoder features, coarsest first
+        for i, stage in enumerate(self.stages):
+            enc = NUM_STAGES - 1 - i
+            out, x = stage(x, skips[enc] if stage.fuse is not None else None)
+            if i:
+                per_scale.append(out)
+        finest = self.norm(per_scale[-1])
+        # the final expand's LayerNorm at full resolution is recomputed in backward, not kept
+        head, *aux_heads = self.seg_layers
+        logits = _channels_first(norm_linear(self.final_expand.project(finest), self.final_expand.norm, head))
+        if not self.deep_supervision:
+            return logits
+        per_scale[-1] = finest
+        aux = [_channels_first(norm_linear(feat, None, head)) for head, feat in zip(aux_heads, reversed(per_scale))]
+        return [logits, *aux]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """features: channels-first skips then the bottleneck, as ``SwinEncoder.forward`` returns them."""
+        return self.forward_tokens([_channels_last(f) for f in features])
+
+
+#: Output-head names before they became ``seg_layers`` (checkpoints written until then use them).
+_OLD_HEAD_KEYS = {"head.weight": "seg_layers.0.weight",
+                  **{f"aux_heads.{i}.weight": f"seg_layers.{i + 1}.weight" for i in range(NUM_STAGES - 1)}}
+
+
+def _rename_old_head_keys(module, state_dict, prefix, *_args) -> None:
+    """load_state_dict pre-hook of SwinDecoder: rename ``head`` / ``aux_heads.i`` in an older checkpoint to
+    ``seg_layers.0`` / ``seg_layers.i+1``, so results folders trained before the rename still predict."""
+    for old, new in _OLD_HEAD_KEYS.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+
+class SwinUnet(nn.Module):
+    """Swin-Unet: a pure-transformer U-Net from Swin blocks with shifted windows, patch merging and
+    patch expanding (Cao et al., arXiv 2105.05537), in 2D and, with per-axis strides, in 3D.
+
+    Args:
+        input_channels: image channels (modalities); nnU-Net passes this.
+        num_classes: output channels (segmentation heads); nnU-Net passes this.
+        deep_supervision: also return logits at the three finest token scales (``output_strides``).
+        spatial_dims: 2 (images) or 3 (volumes).
+        patch_size: patch-embedding stride, one int for every axis or one per axis (4: the paper).
+        merge_strides: stride of each of the three patch mergings, per axis (2: the paper; 1 keeps an
+            axis, e.g. a thick-slice axis of an anisotropic 3D plan; ``strides_from_pooling``).
+        window_size: attention window, one int or one per axis; each stage clamps it to its size.
+        embed_dim, depths, num_heads, mlp_ratio, qkv_bias, drop_path_rate: as in the paper's "tiny"
+            model by default. Drop path grows linearly over the encoder blocks and the decoder reuses
+            the rate of the encoder stage at the same resolution.
+        upsampling: "patch_expand" (the paper), "bilinear" (trilinear in 3D) or "transposed_conv"
+            (its ablation).
+        num_skips: 0-3 skip connections, always the finest ones: 1 = 1/4; 2 = 1/4 and 1/8;
+            3 = 1/4, 1/8 and 1/16 (the paper's model). A missing skip has no concat and no fusion layer.
+        fused_attention: use torch's scaled_dot_product_attention (same result as the explicit formula).
+        gradient_checkpointing: recompute each Swin block in backward to save activation memory.
+
+    All options are plain JSON values, so nnU-Net's ``get_network_from_plans`` can build the network
+    from a plans file naming ``nnunet_swin.SwinUnet``. Every input side must be divisible by its
+    ``size_multiple`` (patch size x merge strides: 32 by default); any such size works.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        deep_supervision: bool = False,
+        spatial_dims: int = 2,
+        patch_size: int | Sequence[int] = 4,
+        merge_strides: Sequence[int | Sequence[int]] = (2, 2, 2),
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int | Sequence[int] = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.2,
+        upsampling: str = "patch_expand",
+        num_skips: int = 3,
+        fused_attention: bool = True,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        patch, window = _per_axis(patch_size, spatial_dims), _per_axis(window_size, spatial_dims)
+        if isinstance(merge_strides, (int, str)) or len(merge_strides) != NUM_STAGES - 1:
+            raise ValueError(f"merge_strides needs {NUM_STAGES - 1} entries (one per patch merging), "
+                             f"got {merge_strides!r}")
+        merges = [_per_axis(m, spatial_dims) for m in merge_strides]
+        _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths,
+                       num_heads, drop_path_rate, upsampling, num_skips)
+        self.input_channels = input_channels
+        self.num_classes = num_classes
+        self.spatial_dims = spatial_dims
+        strides = [patch]
+        for m in merges:
+            strides.append(tuple(a * b for a, b in zip(strides[-1], m)))
+        #: Stride of each token scale (the four stages), finest first.
+        self.stage_strides = tuple(strides)
+        self.size_multiple = strides[-1]
+        self.output_strides = ((1,) * spatial_dims, *strides[:-1])
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also when built on meta
+        offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
+        drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
+        common = dict(num_heads=num_heads, window_size=window, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                      drop_path=drop_path, fused_attention=fused_attention)
+        self.encoder = SwinEncoder(input_channels, patch, merges, embed_dim, depths, **common)
+        self.decoder = SwinDecoder(num_classes, embed_dim, depths, upsampling=upsampling, num_skips=num_skips,
+                                   patch_size=patch, merge_strides=merges, deep_supervision=deep_supervision,
+                                   **common)
+        self.apply(_init_weights)
+        self.set_grad_checkpointing(gradient_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every Swin block during backward instead of keeping its activations."""
+        for module in self.modules():
+            if isinstance(module, SwinStage):
+                module.grad_checkpointing = enable
+
+    def set_fused_attention(self, enable: bool = True) -> None:
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.fused = enable
+
+    def describe(self, size: Sequence[int]) -> dict:
+        """What this network does at input ``size`` (for logs): strides, and per stage the token grid, the
+        window after clamping (attention is global along an axis no longer than the window) and channels."""
+        self._check_size(tuple(size))
+        window = self.encoder.stages[0].blocks[0].window_size
+        stages = []
+        for stride, stage in zip(self.stage_strides, self.encoder.stages):
+            grid = [s // st for s, st in zip(size, stride)]
+            stages.append({"size": grid, "window": [window_geometry(g, m, False)[0] for g, m in zip(grid, window)],
+                           "dim": stage.dim})
+        return {"patch_size": list(self.stage_strides[0]),
+                "merge_strides": [[b // a for a, b in zip(s0, s1)] for s0, s1 in zip(self.stage_strides,
+                                                                                   self.stage_strides[1:])],
+                "size_multiple": list(self.size_multiple), "stages": stages}
+
+    def _check_size(self, size: tuple[int, ...]) -> None:
+        if len(size) != self.spatial_dims:
+            raise ValueError(f"this SwinUnet is {self.spatial_dims}D: expected {self.spatial_dims} spatial sizes, "
+                             f"got {list(size)}")
+        axes = "HW" if self.spatial_dims == 2 else "DHW"
+        bad = [(axis, s, m) for axis, s, m in zip(axes, size, self.size_multiple) if s % m]
+        if bad:
+            hints = ", ".join(f"{axis}={s} (nearest: {' or '.join(map(str, nearest_valid_sizes(s, m)))})"
+                              for axis, s, m in bad)
+            raise ValueError(f"input size {list(size)} is not divisible by {list(self.size_multiple)} per axis "
+                             f"(patch size x the three merge strides): {hints}")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError for an input this network cannot take, naming sizes that work."""
+        if x.dim() != self.spatial_dims + 2:
+            layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
+            raise ValueError(f"this SwinUnet is a {self.spatial_dims}D network and expects {layout} input, "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.input_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channels but the network was built for input_channels={self.input_channels}"
+            )
+        self._check_size(tuple(x.shape[2:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self.check_input(x)
+        device = x.device.type
+        if _autocast_dtype(device) == torch.float16:
+            # fp16 overflows in Swin attention and MLPs (max 65504). nnU-Net's validation and predictor
+            # autocast to fp16 unless told otherwise: compute in float32 then, never in fp16.
+            with torch.autocast(device, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.decoder.forward_tokens(self.encoder.forward_tokens(x))
+
+
+def _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths, num_heads,
+                   drop_path_rate, upsampling, num_skips) -> None:
+    if input_channels < 1 or num_classes < 1:
+        raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels} and {num_classes}")
+    for name, value in (("patch_size", patch), ("window_size", window), *(("merge_strides", m) for m in merges)):
+        if len(value) != spatial_dims or min(value) < 1:
+            raise ValueError(f"{name} needs one positive int per axis ({spatial_dims} for a {spatial_dims}D network), "
+                             f"got {list(value)}")
+    if len(depths) != NUM_STAGES or len(num_heads) != NUM_STAGES:
+        raise ValueError(f"depths and num_heads need {NUM_STAGES} entries (three merging stages and the "
+                         f"bottleneck), got {list(depths)} and {list(num_heads)}")
+    if any(d < 1 for d in depths):
+        raise ValueError(f"every stage needs at least one Swin block, got depths={list(depths)}")
+    for i, heads in enumerate(num_heads):
+        if (embed_dim * 2**i) % heads:
+            raise ValueError(f"stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}]={heads}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
+    if num_skips not in range(NUM_STAGES):
+        raise ValueError(f"num_skips must be 0, 1, 2 or 3, got {num_skips!r}")
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even (PatchExpand halves channels), got {embed_dim}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The official initialisation: Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0;
+    convolutions keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

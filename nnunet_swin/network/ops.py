@@ -1,0 +1,156 @@
+"""The custom autograd functions and functional pieces Swin blocks are built from: LayerNorm/GELU + Linear
+recomputed in backward, token gathers whose backward is a gather, the scaled residual, window attention."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None when it is off (or, like on the meta
+    device, does not exist)."""
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _forward_autocast(ctx) -> AbstractContextManager:
+    """The autocast state a custom function's forward ran under (``ctx.autocast``), for its backward."""
+    device, dtype = ctx.autocast
+    return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class _RecomputedLinear(torch.autograd.Function):
+    """``linear(fn(x))`` that keeps ``x`` for backward instead of ``fn(x)`` and recomputes the cheap,
+    memory-bound ``fn`` (LayerNorm, GELU) there; the matmuls are never recomputed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, fn, *fn_params):
+        out = F.linear(fn(x, *fn_params), weight, bias)
+        ctx.fn, ctx.out_dtype, ctx.has_bias = fn, out.dtype, bias is not None
+        device = x.device.type  # backward runs outside autocast: recompute fn under the forward's autocast state
+        ctx.autocast = (device, _autocast_dtype(device))
+        ctx.save_for_backward(x, weight, bias, *fn_params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula so double backward is right
+            return _RecomputedLinear._differentiable_backward(ctx, grad_out, x, weight, bias, params)
+        with torch.enable_grad(), _forward_autocast(ctx):
+            leaves = [x.detach().requires_grad_(), *(p.detach().requires_grad_() for p in params)]
+            y = ctx.fn(*leaves)
+        dt = ctx.out_dtype  # the dtype autocast ran the linear in
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(dt)
+        grad_w = (g.t() @ y.detach().reshape(-1, y.shape[-1]).to(dt)).to(weight.dtype)
+        grad_b = g.sum(0).to(weight.dtype) if ctx.has_bias else None
+        grad_y = (g @ weight.to(dt)).view(y.shape).to(y.dtype)
+        grads = torch.autograd.grad(y, leaves, grad_y)
+        return grads[0], grad_w, grad_b, None, *grads[1:]
+
+    @staticmethod
+    def _differentiable_backward(ctx, grad_out, x, weight, bias, params):
+        """Backward as a graph of the saved inputs (``create_graph=True``): ``linear(fn(x))`` is recomputed
+        with autograd recording, so gradients of these gradients (double backward) are exact."""
+        with _forward_autocast(ctx):
+            out = F.linear(ctx.fn(x, *params), weight, bias)
+        inputs = [x, weight, bias, *params]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        result = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return result[0], result[1], result[2], None, *result[3:]
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, weight.shape, weight, bias)  # eps 1e-5, as nn.LayerNorm and the official code
+
+
+def norm_linear(x: torch.Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | nn.Conv2d,
+                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(norm(x))`` on channels-last tokens keeping only ``x`` for backward (a 1x1 convolution
+    counts as a linear layer). ``weight``/``bias`` replace the linear's own (its low-precision copies)."""
+    if weight is None:
+        weight, bias = linear.weight.flatten(1), linear.bias
+    if norm is None:
+        return F.linear(x, weight, bias)
+    if not torch.is_grad_enabled() or _is_compiling():  # nothing to save / inductor plans recompute itself
+        return F.linear(norm(x), weight, bias)
+    return _RecomputedLinear.apply(x, weight, bias, _layer_norm, norm.weight, norm.bias)
+
+
+def gelu_linear(x: torch.Tensor, linear: nn.Linear, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(gelu(x))`` keeping only ``x`` for backward."""
+    if weight is None:
+        weight, bias = linear.weight, linear.bias
+    if not torch.is_grad_enabled() or _is_compiling():
+        return F.linear(F.gelu(x), weight, bias)
+    return _RecomputedLinear.apply(x, weight, bias, F.gelu)
+
+
+class _TokenGather(torch.autograd.Function):
+    """``x.index_select(1, index)`` whose backward is another gather, ``grad.index_select(1, grad_index)``
+    (after appending a zero token when ``pad_grad``), instead of autograd's zero-fill plus scatter-add.
+
+    Exact for the window gathers: they move every real token exactly once, and the extra reads of padding
+    positions get a zero gradient (padding keys are masked out of real queries, padding outputs cropped)."""
+
+    @staticmethod
+    def forward(ctx, x, index, grad_index, pad_grad):
+        ctx.grad_index, ctx.pad_grad = grad_index, pad_grad
+        return x.index_select(1, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.pad_grad:
+            grad = F.pad(grad, (0, 0, 0, 1))
+        return grad.index_select(1, ctx.grad_index), None, None, None
+
+
+class _ScaledResidual(torch.autograd.Function):
+    """``x + branch * scale`` (drop path: ``scale`` is 0 or 1/keep per image) as one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x, branch, scale):
+        ctx.save_for_backward(scale)
+        return torch.addcmul(x, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad, grad * scale, None
+
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor, scale: float,
+                     sdpa: bool) -> torch.Tensor:
+    """softmax(scale * q k^T + additive) v for q, k, v (B, nW, heads, N, d) and additive (nW or 1, heads, N, N),
+    broadcast over the batch (never copied per image).
+
+    ``sdpa`` uses torch's scaled_dot_product_attention; otherwise the explicit formula: q k^T in the
+    input dtype except float16 (whose logits can overflow; they are computed in float32), then scale and
+    bias in one addition that promotes to at least float32, so the softmax runs in float32 (float64 for
+    float64 inputs). On the CPU a learnable bias sends SDPA to its unfused path, which takes more kernels
+    than this formula.
+    """
+    b, nw, heads, n, d = q.shape
+    if sdpa:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
+        q, k, v = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
+        mask = additive.expand(nw, heads, n, n).reshape(nw * heads, n, n).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).view(b, nw, heads, n, d)
+    if q.dtype == torch.float16:
+        with torch.autocast(q.device.type, enabled=False):
+            logits = q.float() @ k.float().transpose(-2, -1)
+    else:
+        logits = q @ k.transpose(-2, -1)
+    additive = additive.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    attn = torch.add(additive, logits, alpha=scale).softmax(-1)
+    return attn.to(v.dtype) @ v
