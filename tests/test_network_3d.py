@@ -11,7 +11,7 @@ from nnunet_swin import SwinUnet
 from nnunet_swin import network
 from nnunet_swin.network import blocks
 from nnunet_swin.network import (PatchExpand, PatchMerging, SwinBlock, attention_mask, fit_window_size,
-                                 strides_from_pooling)
+                                 options_for_plan, strides_from_pooling)
 
 TINY = dict(spatial_dims=3, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), drop_path_rate=0.0)
 #: nnU-Net-like plans: a prostate-like anisotropic one (few thick slices: depth pooled late) and an isotropic one.
@@ -45,6 +45,14 @@ def test_windows_fit_the_first_stage_without_much_padding():
     assert fit_window_size((128, 128, 128), (4, 4, 4)) == [7, 7, 7]
     assert fit_window_size((8, 44, 52), (2, 4, 4)) == [4, 6, 7]  # 4 tokens: global; 11 -> 12 at 6; 13 -> 14 at 7
     assert fit_window_size((28, 28), (4, 4), max_padding=0.0) == [7, 7]
+
+
+def test_options_for_a_plan_are_its_strides_with_fitted_windows_under_the_users_options():
+    hippo = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert options_for_plan((40, 56, 40), hippo) == {**strides_from_pooling(hippo), "window_size": [5, 7, 5]}
+    # the user's patch embedding wins, and the windows are fitted to it: a 20x28x20 first stage at patch 2
+    assert options_for_plan((40, 56, 40), hippo, {"patch_size": 2})["window_size"] == [7, 7, 7]
+    assert options_for_plan((40, 56, 40), hippo, {"window_size": 3})["window_size"] == 3
 
 
 # (sizes, plan): anisotropic with depth kept early, and depth merged only in the last merging

@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_swin.experiments.runner import atomic_write
 from nnunet_swin.memory import saved_bytes
-from nnunet_swin.network import SwinBlock, SwinUnet, fit_window_size, strides_from_pooling
+from nnunet_swin.network import DEFAULT_3D_OPTIONS, SwinBlock, SwinUnet, options_for_plan
 
 __all__ = ["COLUMNS_3D", "BenchResult", "Candidate", "PadToMultiple", "Target", "bench_command", "candidates",
            "candidates_3d", "complexity_table", "count_kernel_launches", "cpu_targets", "format_table",
@@ -50,9 +50,8 @@ CNN_ROW = "nnU-Net PlainConvUNet (DS)"
 CNN_ROW_3D = "nnU-Net 3D PlainConvUNet (DS)"
 #: The 3D SwinUnet rows: (embed_dim, gradient checkpointing).
 SWIN_VARIANTS_3D = ((48, False), (48, True), (96, False), (96, True))
-#: The recommended 3D defaults (the trainers' ``network_options_3d``), from benchmarks/README.md's 3D figures:
-#: without checkpointing neither width saves less for backward than nnU-Net's CNN at the prostate-like plan.
-SWIN_DEFAULT_3D = {"embed_dim": 48, "gradient_checkpointing": True}
+#: The 3D defaults the trainers use (``DEFAULT_3D_OPTIONS``), chosen from benchmarks/README.md's 3D figures.
+SWIN_DEFAULT_3D = DEFAULT_3D_OPTIONS
 
 
 def swin_3d_row(embed_dim: int, gradient_checkpointing: bool) -> str:
@@ -126,11 +125,8 @@ def nnunet_plan(patch: Sequence[int], spacing: Sequence[float] | None = None) ->
 
 
 def swin_plan_options(plan: dict) -> dict:
-    """The 3D SwinUnet's options that follow from a plan: embedding and merging strides from its pooling
-    (``strides_from_pooling``), per-axis windows that do not pad the first stage by more than 10 %
-    (``fit_window_size``)."""
-    strides = strides_from_pooling(plan["architecture"]["arch_kwargs"]["strides"])
-    return {**strides, "window_size": fit_window_size(plan["patch_size"], strides["patch_size"])}
+    """The 3D SwinUnet's options that follow from a plan, as the trainers derive them (``options_for_plan``)."""
+    return options_for_plan(plan["patch_size"], plan["architecture"]["arch_kwargs"]["strides"])
 
 
 def nnunet_plain_unet(patch: Sequence[int], in_channels: int, num_classes: int,

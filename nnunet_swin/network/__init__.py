@@ -50,10 +50,17 @@ from nnunet_swin.network.geometry import (
 )
 from nnunet_swin.network.model import DecoderStage, EncoderStage, SwinDecoder, SwinEncoder, SwinStage, SwinUnet
 from nnunet_swin.network.ops import gelu_linear, norm_linear, window_attention
-from nnunet_swin.network.plans import fit_window_size, nearest_valid_sizes, strides_from_pooling
+from nnunet_swin.network.plans import (
+    DEFAULT_3D_OPTIONS,
+    fit_window_size,
+    nearest_valid_sizes,
+    options_for_plan,
+    strides_from_pooling,
+)
 
 __all__ = [
-    "SwinUnet", "UPSAMPLING_MODES", "fit_window_size", "nearest_valid_sizes", "strides_from_pooling",
+    "SwinUnet", "UPSAMPLING_MODES", "DEFAULT_3D_OPTIONS", "fit_window_size", "nearest_valid_sizes",
+    "options_for_plan", "strides_from_pooling",
     # the parts, for tests, the weight loaders and users building their own variants
     "BilinearExpand", "DecoderStage", "EncoderStage", "Mlp", "PatchEmbed", "PatchExpand", "PatchMerging",
     "SwinBlock", "SwinDecoder", "SwinEncoder", "SwinStage", "TransposedConvExpand", "WindowAttention",

@@ -52,3 +52,20 @@ def fit_window_size(size: Sequence[int], patch_size: Sequence[int], max_window: 
         windows.append(next(min(w, n) for w in range(max_window, 0, -1)
                             if math.ceil(n / w) * w <= (1 + max_padding) * n))
     return windows
+
+
+#: The 3D defaults (the trainers' ``network_options_3d``, bench's default 3D row): width 48 with gradient
+#: checkpointing saves 0.14-0.16x the activations of nnU-Net's 3D CNN at its typical plans; without
+#: checkpointing the prostate-like plan's 102,400-token first stage saves more than the CNN (benchmarks/README.md).
+DEFAULT_3D_OPTIONS = {"embed_dim": 48, "gradient_checkpointing": True}
+
+
+def options_for_plan(patch: Sequence[int], pool_op_kernel_sizes: Sequence[Sequence[int]],
+                     options: dict | None = None) -> dict:
+    """SwinUnet options for an nnU-Net 3D plan: the strides of its pooling (``strides_from_pooling``), then
+    ``options`` over them, and, unless ``options`` sets ``window_size``, windows fitted to the first stage at
+    the resulting patch embedding (``fit_window_size``)."""
+    merged = {**strides_from_pooling(pool_op_kernel_sizes), **(options or {})}
+    if "window_size" not in merged:
+        merged["window_size"] = fit_window_size(patch, _per_axis(merged["patch_size"], len(patch)))
+    return merged

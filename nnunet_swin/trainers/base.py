@@ -59,7 +59,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_swin.memory import estimated_saved_bytes
-from nnunet_swin.network import NUM_STAGES, SwinUnet, fit_window_size, strides_from_pooling
+from nnunet_swin.network import DEFAULT_3D_OPTIONS, NUM_STAGES, SwinUnet, options_for_plan
 
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
 PRETRAINED_ENV = "NNUNET_SWIN_PRETRAINED"
@@ -145,7 +145,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     network_options: dict[str, Any] = {}
     #: Defaults for 3D configurations only, under ``network_options``: VT-UNet's and SwinUNETR's width and
     #: gradient checkpointing (a 3D batch holds many more tokens than a 2D one).
-    network_options_3d: dict[str, Any] = {"embed_dim": 48, "gradient_checkpointing": True}
+    network_options_3d: dict[str, Any] = dict(DEFAULT_3D_OPTIONS)
     # --- training recipe -----------------------------------------------------------------------------
     #: Whether the loss supervises the three coarser outputs too (see README "Deep supervision").
     deep_supervision: bool = False
@@ -214,20 +214,16 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     def network_kwargs(cls, configuration_manager: ConfigurationManager | None = None) -> dict[str, Any]:
         """SwinUnet keyword arguments for a configuration. 2D (or None): the paper's network with this trainer's
         options, whatever the plan. 3D: ``network_options_3d`` < embedding and merging strides from the plan's
-        pooling < ``network_options``."""
+        pooling < ``network_options``, windows fitted to the first stage unless set (``options_for_plan``)."""
         dims = 2 if configuration_manager is None else len(configuration_manager.patch_size)
         kwargs: dict[str, Any] = {"num_skips": cls.num_skips, "upsampling": cls.upsampling}
-        if dims != 2:
+        if dims == 2:
+            kwargs.update(cls.network_options)
+        else:  # the patch in the plans is final by the time a network is built: inference gets the same windows
             kwargs.update(cls.network_options_3d)
-            kwargs.update(strides_from_pooling(configuration_manager.pool_op_kernel_sizes))
-        kwargs.update(cls.network_options)
+            kwargs.update(options_for_plan(configuration_manager.patch_size,
+                                           configuration_manager.pool_op_kernel_sizes, cls.network_options))
         kwargs["spatial_dims"] = dims
-        if dims != 2 and "window_size" not in kwargs:
-            # per axis the largest window up to 7 that pads the first stage by at most 10 % (the patch in the
-            # plans is final by the time a network is built from them, so inference gets the same windows)
-            patch = kwargs["patch_size"]
-            kwargs["window_size"] = fit_window_size(configuration_manager.patch_size,
-                                                    [patch] * dims if isinstance(patch, int) else patch)
         return kwargs
 
     @classmethod
