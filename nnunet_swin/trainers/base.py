@@ -207,7 +207,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                       ) -> tuple[int, ...]:
         """What each patch side must be a multiple of for this trainer's network on this configuration
         (patch embedding x the three merge strides, per axis: (32, 32) for the default 2D network)."""
-        return tuple(cls.network_for(plans_manager, configuration_manager).size_multiple)
+        return tuple(cls.network_layout(plans_manager, configuration_manager).size_multiple)
 
     # --- network -------------------------------------------------------------------------------------
     @classmethod
@@ -239,11 +239,19 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         names = []
         for name in plans.get("configurations", {}):
             try:
-                cls._new_network(plans_manager.get_configuration(name))
+                with torch.device("meta"):  # only whether it builds: no memory, no initialisation
+                    cls._new_network(plans_manager.get_configuration(name))
             except Exception:  # a configuration the network cannot take, or a broken one, is not offered
                 continue
             names.append(name)
         return names
+
+    @classmethod
+    def network_layout(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> SwinUnet:
+        """``network_for`` on the meta device (no memory, no initialisation): the strides and multiple the
+        trainer needs before the real network exists, for the cost of building the modules only."""
+        with torch.device("meta"):
+            return cls.network_for(plans_manager, configuration_manager)
 
     @classmethod
     def network_for(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -342,7 +350,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         if not self.enable_deep_supervision:
             return None
         # from the plans, not self.network: nnU-Net's _build_loss may run before the network exists
-        return deep_supervision_scales(self.network_for(self.plans_manager, self.configuration_manager).output_strides)
+        return deep_supervision_scales(self.network_layout(self.plans_manager, self.configuration_manager).output_strides)
 
     def _build_loss(self):
         loss = super()._build_loss()
