@@ -86,28 +86,33 @@ def write_raw_dataset(
     labels: dict | None = None,
     channel_name: str = "intensity",
     overwrite: bool = True,
+    spacing: Sequence[float] | None = None,
 ) -> RawDataset:
-    """Write (case_id, image uint8 HxW, seg uint8 HxW) cases as nnU-Net raw PNGs plus dataset.json.
-    Test cases go to imagesTs/labelsTs (labelsTs is not part of nnU-Net's format; used for evaluation)."""
-    from PIL import Image
-
+    """Write (case_id, image, seg) cases plus dataset.json in nnU-Net's raw format: 2D uint8 HxW as PNGs, or,
+    with ``spacing`` (z, y, x), z x y x x volumes as NIfTI at that spacing. Test cases go to imagesTs/labelsTs
+    (labelsTs is not part of nnU-Net's format; used for evaluation)."""
     labels = dict(labels or {"background": 0, "foreground": 1})
     folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
     if overwrite and os.path.isdir(folder):
         shutil.rmtree(folder)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    ending = ".png" if spacing is None else ".nii.gz"
     written = {"Tr": [], "Ts": []}
     for split, cases in (("Tr", train), ("Ts", test)):
         for case_id, img, seg in cases:
-            Image.fromarray(np.asarray(img, np.uint8)).save(os.path.join(folder, f"images{split}", f"{case_id}_0000.png"))
-            Image.fromarray(np.asarray(seg, np.uint8)).save(os.path.join(folder, f"labels{split}", f"{case_id}.png"))
+            for array, sub, stem in ((img, "images", f"{case_id}_0000"), (seg, "labels", case_id)):
+                path = os.path.join(folder, f"{sub}{split}", stem + ending)
+                if spacing is None:
+                    _save_png(array, path)
+                else:
+                    _save_nifti(array, spacing, path)
             written[split].append(case_id)
     dataset_json = {
         "channel_names": {"0": channel_name},
         "labels": labels,
         "numTraining": len(written["Tr"]),
-        "file_ending": ".png",
+        "file_ending": ending,
         "name": name,
         "description": "written by nnunet_swin.synthetic",
     }
@@ -139,6 +144,12 @@ def synthetic_volume(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np
     return np.stack([s[0] for s in slices]).astype(np.float32), np.stack([s[1] for s in slices])
 
 
+def _save_png(image: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)
+
+
 def _save_nifti(volume: np.ndarray, spacing: Sequence[float], path: str) -> None:
     """Save a (z, y, x[, c]) array as NIfTI, which stores (x, y, z[, c]), with voxel ``spacing`` (z, y, x)."""
     import nibabel as nib
@@ -160,24 +171,9 @@ def write_synthetic_volumes(
     """The synthetic task as anisotropic volumes (``shape`` and ``spacing`` z, y, x) in nnU-Net raw format
     (NIfTI), for 3D configurations; test cases go to imagesTs/labelsTs as in ``write_raw_dataset``."""
     rng = np.random.default_rng(seed)
-    folder = os.path.join(raw_root, dataset_folder_name(dataset_id, name))
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    cases: dict[str, list[str]] = {"Tr": [], "Ts": []}
-    for i in range(num_train + num_test):
-        split = "Tr" if i < num_train else "Ts"
-        case_id = f"vol_{i:03d}" if split == "Tr" else f"vol_test_{i - num_train:03d}"
-        img, seg = synthetic_volume(rng, shape)
-        for sub in (f"images{split}", f"labels{split}"):
-            os.makedirs(os.path.join(folder, sub), exist_ok=True)
-        _save_nifti(img, spacing, os.path.join(folder, f"images{split}", f"{case_id}_0000.nii.gz"))
-        _save_nifti(seg, spacing, os.path.join(folder, f"labels{split}", f"{case_id}.nii.gz"))
-        cases[split].append(case_id)
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": SYNTHETIC_LABELS, "numTraining": num_train,
-                    "file_ending": ".nii.gz", "name": name, "description": "written by nnunet_swin.synthetic"}
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f, indent=2)
-    return RawDataset(folder, int(dataset_id), name, cases["Tr"], cases["Ts"], dict(SYNTHETIC_LABELS))
+    train = [(f"vol_{i:03d}", *synthetic_volume(rng, shape)) for i in range(num_train)]
+    test = [(f"vol_test_{i:03d}", *synthetic_volume(rng, shape)) for i in range(num_test)]
+    return write_raw_dataset(raw_root, dataset_id, name, train, test, SYNTHETIC_LABELS, "MRI", spacing=spacing)
 
 
 def write_msd_task(
