@@ -293,15 +293,57 @@ def test_attention_stays_finite_under_autocast(dtype, fused):
     assert torch.isfinite(y).all()
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    x = torch.randn(1, 1, 64, 64)
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_gradient_checkpointing_gives_the_same_gradients(autocast):
+    """Also with drop path and bf16: the recomputed blocks reuse the forward's drop-path draw and weight cast."""
+    x = torch.randn(2, 1, 64, 64)
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(1)
-        model = SwinUnet(1, 2, gradient_checkpointing=ckpt, **SMALL)
-        model(x).square().mean().backward()
+        model = SwinUnet(1, 2, gradient_checkpointing=ckpt, **{**SMALL, "drop_path_rate": 0.5})
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            loss = model(x).float().square().mean()
+        loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_blocks_share_one_weight_cast_with_the_same_result():
+    """SwinUnet casts every block's matmul weights under autocast in one copy; blocks run without it (the
+    encoder and decoder on their own) cast their own: same values, so the same outputs and gradients."""
+    torch.manual_seed(0)
+    model = SwinUnet(1, 2, **SMALL).eval()
+    x = torch.randn(1, 1, 64, 64)
+    results = []
+    for run in (model, lambda t: model.decoder.forward_tokens(model.encoder.forward_tokens(t))):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run(x).float()
+        out.square().mean().backward()
+        results.append((out, [p.grad for p in model.parameters() if p.grad is not None]))
+    (out_shared, grads_shared), (out_own, grads_own) = results
+    assert torch.equal(out_shared, out_own)
+    assert len(grads_shared) == len(grads_own)
+    for a, b in zip(grads_shared, grads_own):
+        torch.testing.assert_close(a, b)
+
+
+def test_one_drop_path_draw_per_forward_is_timms_distribution():
+    """Each block that drops paths gets two factors per image (attention and MLP residual), 0 or 1/keep,
+    kept with its own probability: the mean stays 1, as timm's DropPath (scale_by_keep)."""
+    torch.manual_seed(0)
+    model = SwinUnet(1, 2, **{**SMALL, "drop_path_rate": 0.4}).train()
+    shared = model._shared_block_inputs(torch.zeros(20000, 1, 1, 1))
+    dropping = [b for b in model._swin_blocks if b.drop_prob]
+    assert len(dropping) == len(model._swin_blocks) - 2  # the first block of the encoder and its decoder twin
+    for block in dropping:
+        weights, scales = shared[block]
+        keep = 1 - block.drop_prob
+        assert weights is None and scales.shape == (2, 20000)
+        assert scales.unique().tolist() == [0.0, pytest.approx(1 / keep)]
+        assert (scales != 0).float().mean(1).tolist() == [pytest.approx(keep, abs=0.015)] * 2
+    assert not torch.equal(shared[dropping[0]][1], shared[dropping[1]][1])  # independent per block
+    assert all(s is None for _, s in model.eval()._shared_block_inputs(torch.zeros(2, 1, 1, 1)).values())
 
 
 @pytest.mark.parametrize("shape, message", [

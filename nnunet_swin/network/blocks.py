@@ -17,6 +17,7 @@ from nnunet_swin.network.ops import (
     _is_compiling,
     _ScaledResidual,
     _TokenGather,
+    cast_together,
     gelu_linear,
     norm_linear,
     window_attention,
@@ -107,19 +108,22 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    def linear_params(self) -> list[torch.Tensor | None]:
+        """The weight and bias of qkv, proj, fc1 and fc2: what autocast would cast to low precision."""
+        return [t for lin in (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2) for t in (lin.weight, lin.bias)]
+
+    @property
+    def drop_prob(self) -> float:
+        return self.drop_path.drop_prob if isinstance(self.drop_path, DropPath) else 0.0
+
     def _low_precision_weights(self, x: torch.Tensor) -> list[torch.Tensor | None]:
-        """Under autocast in eager mode: the eight matmul weights and biases cast in one copy (autocast
-        would cast each one, and cast each gradient back, separately). Otherwise None for each."""
-        linears = (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2)
-        device = x.device.type
-        dtype = None if _is_compiling() else _autocast_dtype(device)
-        if dtype is None:
+        """Under autocast in eager mode: the eight matmul weights and biases cast in one copy. Otherwise None
+        for each."""
+        dtype = None if _is_compiling() else _autocast_dtype(x.device.type)
+        params = self.linear_params()
+        if dtype is None or any(p is None or p.dtype == dtype for p in params):
             return [None] * 8
-        params = [t for lin in linears for t in (lin.weight, lin.bias)]
-        if any(p is None or p.dtype == dtype for p in params):
-            return [None] * 8
-        flat = torch.cat([p.reshape(-1) for p in params]).to(dtype)
-        return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
+        return cast_together(params, dtype)
 
     def _attend(self, x: torch.Tensor, weights: Sequence[torch.Tensor | None] = (None,) * 4) -> torch.Tensor:
         """norm1 and attention in windows: pad, roll and partition are one gather, and one gather back
@@ -143,15 +147,21 @@ class SwinBlock(nn.Module):
             return out.index_select(1, geo.inverse).view(x.shape)
         return _TokenGather.apply(out, geo.inverse, geo.order, geo.padded).view(x.shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, *sizes, C) -> (B, *sizes, C)."""
-        weights = self._low_precision_weights(x)
-        p = self.drop_path.drop_prob if isinstance(self.drop_path, DropPath) and self.training else 0.0
+    def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor | None] | None = None,
+                scales: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, *sizes, C) -> (B, *sizes, C). ``weights`` (the low-precision ``linear_params``) and ``scales``
+        (the drop-path factors of both residuals, (2, B)) are made for every block of a network at once by
+        ``SwinUnet``; a block run alone makes its own."""
+        if weights is None:
+            weights = self._low_precision_weights(x)
+        p = self.drop_prob if self.training else 0.0
         if not p:
             x = x + self._attend(x, weights[:4])
             return x + self.mlp(x, self.norm2, weights[4:])
-        keep = 1.0 - p
-        scales = x.new_empty(2, x.shape[0], *[1] * (x.dim() - 1)).bernoulli_(keep).div_(keep)  # both residuals, one draw
+        if scales is None:
+            keep = 1.0 - p
+            scales = x.new_empty(2, x.shape[0]).bernoulli_(keep).div_(keep)  # both residuals, one draw
+        scales = scales.to(x.dtype).view(2, x.shape[0], *[1] * (x.dim() - 1))
         residual = torch.addcmul if _is_compiling() else _ScaledResidual.apply
         x = residual(x, self._attend(x, weights[:4]), scales[0])
         return residual(x, self.mlp(x, self.norm2, weights[4:]), scales[1])

@@ -13,8 +13,11 @@ from torch.utils.checkpoint import checkpoint
 from nnunet_swin.network.blocks import _UPSAMPLERS, UPSAMPLING_MODES, PatchEmbed, PatchMerging, SwinBlock, \
     WindowAttention, _channels_first, _channels_last, _conv
 from nnunet_swin.network.geometry import NUM_STAGES, window_geometry
-from nnunet_swin.network.ops import _autocast_dtype, norm_linear
+from nnunet_swin.network.ops import _autocast_dtype, _is_compiling, cast_together, norm_linear
 from nnunet_swin.network.plans import _per_axis, nearest_valid_sizes
+
+#: Per-forward inputs of each Swin block, made once for all blocks: low-precision weights, drop-path factors.
+BlockInputs = dict[SwinBlock, tuple[list[torch.Tensor] | None, torch.Tensor | None]]
 
 
 class SwinStage(nn.Module):
@@ -39,12 +42,13 @@ class SwinStage(nn.Module):
             for i in range(depth)
         )
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, shared: BlockInputs | None = None) -> torch.Tensor:
         for block in self.blocks:
+            weights, scales = shared.get(block, (None, None)) if shared else (None, None)
             if self.grad_checkpointing and x.requires_grad:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, weights, scales, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, weights, scales)
         return x
 
 
@@ -55,8 +59,8 @@ class EncoderStage(SwinStage):
         super().__init__(*args, **kwargs)
         self.downsample = PatchMerging(self.dim, downsample) if downsample is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.run_blocks(x)
+    def forward(self, x: torch.Tensor, shared: BlockInputs | None = None) -> torch.Tensor:
+        x = self.run_blocks(x, shared)
         return self.downsample(x) if self.downsample is not None else x
 
 
@@ -73,10 +77,11 @@ class DecoderStage(SwinStage):
         self.fuse = nn.Linear(2 * self.dim, self.dim) if fuse else None
         self.upsample = _UPSAMPLERS[upsampling](self.dim, self.dim // 2, scale) if upsampling else None
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None,
+                shared: BlockInputs | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.fuse is not None:
             x = self.fuse(torch.cat([x, skip], dim=-1))
-        x = self.run_blocks(x)
+        x = self.run_blocks(x, shared)
         return x, (self.upsample(x) if self.upsample is not None else None)
 
 
@@ -121,13 +126,14 @@ class SwinEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim * 2 ** (NUM_STAGES - 1))
 
-    def forward_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Like ``forward`` but channels-last (B, *sizes, C), which is what the decoder consumes."""
+    def forward_tokens(self, x: torch.Tensor, shared: BlockInputs | None = None) -> list[torch.Tensor]:
+        """Like ``forward`` but channels-last (B, *sizes, C), which is what the decoder consumes. ``shared``:
+        per-block inputs made once per forward by ``SwinUnet``."""
         x = self.patch_embed(x)
         outputs = []
         for stage in self.stages:
             outputs.append(x)
-            x = stage(x)
+            x = stage(x, shared)
         return outputs[:-1] + [self.norm(x)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -197,14 +203,16 @@ class SwinDecoder(nn.Module):
         )
         self.register_load_state_dict_pre_hook(_rename_old_head_keys)
 
-    def forward_tokens(self, features: Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """features: channels-last skips (finest first) then the bottleneck, as the encoder makes them."""
+    def forward_tokens(self, features: Sequence[torch.Tensor],
+                       shared: BlockInputs | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """features: channels-last skips (finest first) then the bottleneck, as the encoder makes them;
+        ``shared``: per-block inputs made once per forward by ``SwinUnet``."""
         skips = features[:-1]
         x: torch.Tensor | None = features[-1]
         per_scale = []  # decoder features, coarsest first
         for i, stage in enumerate(self.stages):
             enc = NUM_STAGES - 1 - i
-            out, x = stage(x, skips[enc] if stage.fuse is not None else None)
+            out, x = stage(x, skips[enc] if stage.fuse is not None else None, shared)
             if i:
                 per_scale.append(out)
         finest = self.norm(per_scale[-1])
@@ -313,6 +321,10 @@ class SwinUnet(nn.Module):
         self.decoder = SwinDecoder(num_classes, embed_dim, depths, upsampling=upsampling, num_skips=num_skips,
                                    patch_size=patch, merge_strides=merges, deep_supervision=deep_supervision,
                                    **common)
+        #: Every Swin block, encoder first; one keep probability per residual of each block that drops paths.
+        self._swin_blocks = tuple(m for m in self.modules() if isinstance(m, SwinBlock))
+        keep = [1.0 - b.drop_prob for b in self._swin_blocks if b.drop_prob for _ in range(2)]
+        self.register_buffer("drop_path_keep", torch.tensor(keep, dtype=torch.float32).view(-1, 1), persistent=False)
         self.apply(_init_weights)
         self.set_grad_checkpointing(gradient_checkpointing)
 
@@ -377,7 +389,30 @@ class SwinUnet(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        return self.decoder.forward_tokens(self.encoder.forward_tokens(x))
+        shared = None if _is_compiling() else self._shared_block_inputs(x)  # inductor fuses these itself
+        return self.decoder.forward_tokens(self.encoder.forward_tokens(x, shared), shared)
+
+    def _shared_block_inputs(self, x: torch.Tensor) -> BlockInputs:
+        """What every Swin block would otherwise make for itself, made once per forward (eager runs are
+        bound by kernel launches): the drop-path factors of all blocks in one draw, and under autocast the
+        matmul weights of all blocks in one cast."""
+        blocks = self._swin_blocks
+        dtype = _autocast_dtype(x.device.type)
+        params = [p for b in blocks for p in b.linear_params()]
+        if dtype is None or any(p is None or p.dtype == dtype for p in params):
+            weights = [None] * len(blocks)
+        else:
+            flat = cast_together(params, dtype)
+            weights = [flat[i : i + 8] for i in range(0, len(flat), 8)]
+        scales = [None] * len(blocks)
+        if self.training:
+            dropping = [i for i, b in enumerate(blocks) if b.drop_prob]
+            if dropping:
+                keep = self.drop_path_keep
+                drawn = x.new_empty(len(keep), x.shape[0]).bernoulli_(keep).div_(keep)  # x's dtype, as timm
+                for row, i in enumerate(dropping):
+                    scales[i] = drawn[2 * row : 2 * row + 2]
+        return dict(zip(blocks, zip(weights, scales)))
 
 
 def _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths, num_heads,

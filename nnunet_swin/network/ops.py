@@ -3,6 +3,7 @@ recomputed in backward, token gathers whose backward is a gather, the scaled res
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -26,6 +27,13 @@ def _forward_autocast(ctx) -> AbstractContextManager:
     """The autocast state a custom function's forward ran under (``ctx.autocast``), for its backward."""
     device, dtype = ctx.autocast
     return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def cast_together(params: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """``params`` cast to ``dtype`` in one copy, returned as views shaped like them: autocast would cast
+    each weight, and cast each gradient back, in a kernel of its own."""
+    flat = torch.cat([p.reshape(-1) for p in params]).to(dtype)
+    return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
 
 
 class _RecomputedLinear(torch.autograd.Function):
