@@ -122,21 +122,54 @@ def test_fused_attention_equals_explicit_formula(size):
     torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
+def _attention_inputs(masked: bool, dtype: torch.dtype = torch.float32):
+    """Token-major qkv for 2 images x 4 windows of 7x7 tokens, 3 heads of 8 channels; a bias; shift masks."""
+    qkv = torch.randn(2, 4, 49, 3 * 24, dtype=dtype, requires_grad=True)
+    bias = torch.randn(3, 49, 49, requires_grad=True)
+    mask = attention_mask((28, 28), (7, 7), (3, 3), torch.device("cpu"))[:4] if masked else None
+    return qkv, bias, mask
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_sdpa_equals_explicit_window_attention(masked):
     """The two formulas behind ``fused``: on the CPU the model takes the explicit one, so compare directly."""
-    q, k, v = (torch.randn(2, 4, 3, 49, 8, requires_grad=True) for _ in range(3))
-    bias = torch.randn(3, 49, 49, requires_grad=True)
-    mask = attention_mask((28, 28), (7, 7), (3, 3), torch.device("cpu")) if masked else None
-    additive = bias[None] if mask is None else bias + mask[:, None][:4]
+    qkv, bias, mask = _attention_inputs(masked)
     outs, grads = [], []
     for sdpa in (True, False):
-        out = network.window_attention(q, k, v, additive, 8**-0.5, sdpa)
+        out = network.window_attention(qkv, 3, bias, mask, 8**-0.5, sdpa)
         outs.append(out)
-        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v, bias)))
+        grads.append(torch.autograd.grad(out.square().sum(), (qkv, bias)))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_window_attention_backward_equals_autograd(masked, dtype):
+    """The hand-written backward of the explicit formula against autograd through the same formula, and
+    its double backward (create_graph) against autograd's."""
+    qkv, bias, mask = _attention_inputs(masked, dtype)
+    weight = torch.randn(2, 4, 49, 24)
+    results = []
+    for fn in (network.window_attention, ops._plain_window_attention):
+        args = (qkv, 3, bias, mask, 8**-0.5) + ((False,) if fn is network.window_attention else ())
+        out = fn(*args)
+        results.append((out, *torch.autograd.grad((out.float() * weight).sum(), (qkv, bias))))
+    assert type(results[0][0].grad_fn).__name__ == "_WindowAttentionBackward"
+    assert results[1][0].grad_fn is not None and type(results[1][0].grad_fn).__name__ != "_WindowAttentionBackward"
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    for ours, plain in zip(*results):
+        assert ours.dtype == plain.dtype
+        torch.testing.assert_close(ours, plain, **tol)
+    if dtype == torch.float32:
+        second = []
+        for fn in (network.window_attention, ops._plain_window_attention):
+            args = (qkv, 3, bias, mask, 8**-0.5) + ((False,) if fn is network.window_attention else ())
+            g_qkv, g_bias = torch.autograd.grad((fn(*args) * weight).sum(), (qkv, bias), create_graph=True)
+            second.append(torch.autograd.grad(g_qkv.square().sum() + g_bias.square().sum(), (qkv, bias)))
+        for ours, plain in zip(*second):
+            torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_attention_gradients_equal_explicit():

@@ -57,16 +57,11 @@ class WindowAttention(nn.Module):
         """x: (B, nW, N, C) windows, normalised by ``norm`` first; index: (N, N) bias-table index from the
         stage geometry; mask: (nW, N, N) or None; weights: low-precision qkv and proj weight and bias, or
         None for the modules' own. Returns (B, nW, N, C)."""
-        b, nw, n, c = x.shape
-        heads = self.num_heads
-        qkv = norm_linear(x, norm, self.qkv, *weights[:2]).view(b, nw, n, 3, heads, self.head_dim)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)  # one copy; each (B, nW, heads, N, d)
-        additive = F.embedding(index, self.relative_position_bias_table).permute(2, 0, 1)  # heads, N, N
-        additive = additive[None] if mask is None else additive + mask[:, None]
+        qkv = norm_linear(x, norm, self.qkv, *weights[:2])
+        bias = F.embedding(index, self.relative_position_bias_table).permute(2, 0, 1)  # heads, N, N
         # the CPU (and meta, which stands in for it in memory counts) takes the explicit formula
         sdpa = self.fused and (x.device.type not in ("cpu", "meta") or _is_compiling())
-        out = window_attention(q, k, v, additive, self.scale, sdpa)
-        out = out.transpose(2, 3).reshape(b, nw, n, c)
+        out = window_attention(qkv, self.num_heads, bias, mask, self.scale, sdpa)
         return F.linear(out, *weights[2:]) if weights[2] is not None else self.proj(out)
 
 

@@ -389,15 +389,15 @@ class SwinUnet(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        shared = None if _is_compiling() else self._shared_block_inputs(x)  # inductor fuses these itself
+        shared = self._shared_block_inputs(x)
         return self.decoder.forward_tokens(self.encoder.forward_tokens(x, shared), shared)
 
     def _shared_block_inputs(self, x: torch.Tensor) -> BlockInputs:
         """What every Swin block would otherwise make for itself, made once per forward (eager runs are
-        bound by kernel launches): the drop-path factors of all blocks in one draw, and under autocast the
-        matmul weights of all blocks in one cast."""
+        bound by kernel launches): the drop-path factors of all blocks in one draw, and under autocast in
+        eager mode the matmul weights of all blocks in one cast (compiled, autocast's casts are fused)."""
         blocks = self._swin_blocks
-        dtype = _autocast_dtype(x.device.type)
+        dtype = None if _is_compiling() else _autocast_dtype(x.device.type)
         params = [p for b in blocks for p in b.linear_params()]
         if dtype is None or any(p is None or p.dtype == dtype for p in params):
             weights = [None] * len(blocks)

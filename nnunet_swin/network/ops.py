@@ -138,27 +138,98 @@ class _ScaledResidual(torch.autograd.Function):
         return grad, grad * scale, None
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor, scale: float,
-                     sdpa: bool) -> torch.Tensor:
-    """softmax(scale * q k^T + additive) v for q, k, v (B, nW, heads, N, d) and additive (nW or 1, heads, N, N),
-    broadcast over the batch (never copied per image).
+def _split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-major qkv (B, nW, N, 3C) -> q, k, v (B, nW, heads, N, d), in one copy."""
+    b, nw, n, c3 = qkv.shape
+    return qkv.view(b, nw, n, 3, heads, c3 // (3 * heads)).permute(3, 0, 1, 4, 2, 5).contiguous().unbind(0)
 
-    ``sdpa`` uses torch's scaled_dot_product_attention; otherwise the explicit formula: q k^T in the
-    input dtype except float16 (whose logits can overflow; they are computed in float32), then scale and
-    bias in one addition that promotes to at least float32, so the softmax runs in float32 (float64 for
-    float64 inputs). On the CPU a learnable bias sends SDPA to its unfused path, which takes more kernels
-    than this formula.
-    """
-    b, nw, heads, n, d = q.shape
-    if sdpa:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
-        q, k, v = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
-        mask = additive.expand(nw, heads, n, n).reshape(nw * heads, n, n).to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).view(b, nw, heads, n, d)
+
+def _merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(B, nW, heads, N, d) -> token-major (B, nW, N, C), the layout the output projection takes."""
+    b, nw, heads, n, d = out.shape
+    return out.transpose(2, 3).reshape(b, nw, n, heads * d)
+
+
+def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """softmax(scale * q k^T + bias + mask), summed in the official order. q k^T runs in the input dtype
+    except float16 (whose logits can overflow; computed in float32 then); adding the bias promotes to at
+    least float32, so the softmax runs in float32 (float64 for float64 inputs)."""
     if q.dtype == torch.float16:
         with torch.autocast(q.device.type, enabled=False):
             logits = q.float() @ k.float().transpose(-2, -1)
     else:
         logits = q @ k.transpose(-2, -1)
-    additive = additive.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    attn = torch.add(additive, logits, alpha=scale).softmax(-1)
-    return attn.to(v.dtype) @ v
+    logits = torch.add(bias.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), logits,
+                       alpha=scale)
+    if mask is not None:
+        logits = logits.add_(mask[:, None])
+    return logits.softmax(-1)
+
+
+class _WindowAttention(torch.autograd.Function):
+    """The explicit formula with a backward written for fewer kernels than autograd's: the scale folded into
+    the q and k gradient matmuls, the bias gradient summed over images and windows in one reduction, and the
+    q, k, v gradients stacked straight into the token-major qkv layout. It keeps the token-major qkv (the
+    size of the head-major copy autograd would keep) and the probabilities."""
+
+    @staticmethod
+    def forward(ctx, qkv, bias, mask, heads, scale):
+        q, k, v = _split_heads(qkv, heads)
+        attn = _probabilities(q, k, bias, mask, scale)
+        attn_v = attn.to(v.dtype)
+        ctx.heads, ctx.scale = heads, scale
+        ctx.save_for_backward(qkv, bias, mask, attn, attn_v)
+        return _merge_heads(attn_v @ v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        qkv, bias, mask, attn, attn_v = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain formula so double backward is exact
+            inputs = [t for t in (qkv, bias) if t.requires_grad]
+            out = _plain_window_attention(qkv, ctx.heads, bias, mask, ctx.scale)
+            grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
+            return (next(grads) if qkv.requires_grad else None, next(grads) if bias.requires_grad else None,
+                    None, None, None)
+        q, k, v = _split_heads(qkv, ctx.heads)
+        b, nw, heads, n, d = q.shape
+        grad = grad.view(b, nw, n, heads, d).transpose(2, 3).contiguous()
+        grad_v = attn_v.transpose(-2, -1) @ grad
+        grad_logits = torch._softmax_backward_data((grad @ v.transpose(-2, -1)).to(attn.dtype), attn, -1, attn.dtype)
+        grad_bias = grad_logits.sum((0, 1)).to(bias.dtype) if ctx.needs_input_grad[1] else None
+        g = grad_logits.to(q.dtype).view(-1, n, n)
+        ignored = g.new_empty(())  # beta=0: baddbmm only scales the product
+        grad_q = torch.baddbmm(ignored, g, k.reshape(-1, n, d), beta=0, alpha=ctx.scale)
+        grad_k = torch.baddbmm(ignored, g.transpose(1, 2), q.reshape(-1, n, d), beta=0, alpha=ctx.scale)
+        grads = [t.view(b, nw, heads, n, d).transpose(2, 3) for t in (grad_q, grad_k, grad_v)]
+        return torch.stack(grads, 3).view(qkv.shape), grad_bias, None, None, None
+
+
+def _plain_window_attention(qkv: torch.Tensor, heads: int, bias: torch.Tensor, mask: torch.Tensor | None,
+                            scale: float) -> torch.Tensor:
+    q, k, v = _split_heads(qkv, heads)
+    return _merge_heads(_probabilities(q, k, bias, mask, scale).to(v.dtype) @ v)
+
+
+def window_attention(qkv: torch.Tensor, heads: int, bias: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                     sdpa: bool) -> torch.Tensor:
+    """softmax(scale * q k^T + bias + mask) v per window and head. qkv: token-major (B, nW, N, 3C) as the qkv
+    projection makes it; bias: (heads, N, N); mask: (nW, N, N) or None, broadcast over the batch (never
+    copied per image). Returns token-major (B, nW, N, C).
+
+    ``sdpa`` uses torch's scaled_dot_product_attention; otherwise the explicit formula (``_probabilities``),
+    in training with a hand-written backward. On the CPU a learnable bias sends SDPA to its unfused path,
+    which takes more kernels than the explicit formula.
+    """
+    if sdpa:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
+        q, k, v = _split_heads(qkv, heads)
+        b, nw, _, n, d = q.shape
+        q, k, v = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
+        additive = bias[None] if mask is None else bias + mask[:, None]
+        additive = additive.expand(nw, heads, n, n).reshape(nw * heads, n, n).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
+        return _merge_heads(out.view(b, nw, heads, n, d))
+    if torch.is_grad_enabled() and qkv.requires_grad and qkv.dtype in (torch.float32, torch.bfloat16) \
+            and bias.dtype == torch.float32 and not _is_compiling():
+        return _WindowAttention.apply(qkv, bias, mask, heads, scale)
+    return _plain_window_attention(qkv, heads, bias, mask, scale)

@@ -165,11 +165,11 @@ def test_swin_unet_training_step_kernel_launches():
     """One eager training step at 224 (the launch-bound case on a GPU) of the default architecture; the
     width does not change the count (embed_dim 24 with the default heads counts what 96 does, in a quarter
     of the time). The unchanged network took 1017 (fp32) and 1490 (bf16 autocast) by this count, 849 / 986
-    before the blocks shared one drop-path draw and one weight cast per forward; issue 10 aims at 600 / 700,
-    not yet reached: this bounds what has been gained."""
+    before the blocks shared one drop-path draw and one weight cast per forward and the explicit attention
+    got its own backward; issue 10 aims at 600 / 700, not yet reached: this bounds what has been gained."""
     x = torch.randn(1, 1, 224, 224)
     counts = [count_kernel_launches(SwinUnet(1, 2, embed_dim=24), x, dtype) for dtype in (None, torch.bfloat16)]
-    assert counts[0] <= 827 and counts[1] <= 924, counts
+    assert counts[0] <= 809 and counts[1] <= 906, counts
 
 
 def _params_m(model: nn.Module) -> float:

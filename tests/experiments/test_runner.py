@@ -9,9 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-
-import pytest
 
 from nnunet_swin.experiments import runner
 
