@@ -57,6 +57,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from nnunet_swin.registration import ENV_VAR, append_to_env
+
 TRAIN_PROGRAM = "nnUNetv2_train"
 NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 #: Extra environment variables passed on to SLURM jobs when set here.
@@ -581,12 +583,7 @@ def child_env(base: dict | None, gpu: str | None) -> dict:
     # The training process must import this very nnunet_swin (for the wrapper and the plugin trainers).
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
-    try:  # let nnU-Net find the plugin's trainers even without the .pth hook (editable / dev installs)
-        from nnunet_swin.registration import ENV_VAR, append_to_env
-
-        env[ENV_VAR] = append_to_env(env.get(ENV_VAR))
-    except Exception:  # pragma: no cover - registration module missing or changed
-        pass
+    env[ENV_VAR] = append_to_env(env.get(ENV_VAR))  # nnU-Net finds the trainers even without the .pth hook
     env.setdefault("PYTHONUNBUFFERED", "1")  # a traceback then lands in the log after the lines before it
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)

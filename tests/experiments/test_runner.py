@@ -151,3 +151,17 @@ def test_a_failed_run_releases_its_lock(tmp_path, monkeypatch):
     rec = runner.run_one(job, "cpu", str(tmp_path / "runs"), str(tmp_path / "logs"), environ=env, echo=lambda m: None)
     assert rec.status == "failed" and rec.returncode == 3
     assert not os.path.exists(os.path.join(job.fold_dir(env), runner.LOCK_NAME))
+
+
+def test_child_env_registers_the_trainers_and_keeps_the_users_settings(tmp_path):
+    """The training process finds this nnunet_swin and its trainers (nnUNet_extTrainer) even without the .pth
+    hook; the user's own trainer folders, PYTHONPATH and the chosen GPU are kept or set."""
+    from nnunet_swin.registration import ENV_VAR, ext_trainer_dir
+
+    base = {ENV_VAR: str(tmp_path), "PYTHONPATH": "/opt/mine", "KEEP": "1"}
+    env = runner.child_env(base, "3")
+    assert env[ENV_VAR].split(os.pathsep) == [str(tmp_path), ext_trainer_dir()]
+    assert env["PYTHONPATH"].split(os.pathsep) == [REPO, "/opt/mine"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["KEEP"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert runner.child_env(env, None)[ENV_VAR] == env[ENV_VAR]  # registering twice adds nothing
+    assert base == {ENV_VAR: str(tmp_path), "PYTHONPATH": "/opt/mine", "KEEP": "1"}  # the caller's dict untouched
