@@ -123,9 +123,10 @@ def test_fused_attention_equals_explicit_formula(size):
 
 
 def _attention_inputs(masked: bool, dtype: torch.dtype = torch.float32):
-    """Token-major qkv for 2 images x 4 windows of 7x7 tokens, 3 heads of 8 channels; a bias; shift masks."""
+    """Token-major qkv for 2 images x 4 windows of 7x7 tokens, 3 heads of 8 channels; a bias laid out as the
+    model's (a permuted table lookup); shift masks."""
     qkv = torch.randn(2, 4, 49, 3 * 24, dtype=dtype, requires_grad=True)
-    bias = torch.randn(3, 49, 49, requires_grad=True)
+    bias = torch.randn(49, 49, 3).permute(2, 0, 1).requires_grad_()
     mask = attention_mask((28, 28), (7, 7), (3, 3), torch.device("cpu"))[:4] if masked else None
     return qkv, bias, mask
 

@@ -221,13 +221,16 @@ def window_attention(qkv: torch.Tensor, heads: int, bias: torch.Tensor, mask: to
     in training with a hand-written backward. On the CPU a learnable bias sends SDPA to its unfused path,
     which takes more kernels than the explicit formula.
     """
-    if sdpa:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
+    if sdpa:
         q, k, v = _split_heads(qkv, heads)
         b, nw, _, n, d = q.shape
-        q, k, v = (t.reshape(b, nw * heads, n, d) for t in (q, k, v))
-        additive = bias[None] if mask is None else bias + mask[:, None]
-        additive = additive.expand(nw, heads, n, n).reshape(nw * heads, n, n).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
+        if mask is None:  # windows folded into the batch: the (heads, N, N) bias broadcasts over both
+            q, k, v = (t.view(b * nw, heads, n, d) for t in (q, k, v))
+            additive = bias
+        else:  # windows folded into the head axis: the (nW*heads, N, N) bias broadcasts over the batch
+            q, k, v = (t.view(b, nw * heads, n, d) for t in (q, k, v))
+            additive = (bias + mask[:, None]).reshape(nw * heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive.to(q.dtype), scale=scale)
         return _merge_heads(out.view(b, nw, heads, n, d))
     if torch.is_grad_enabled() and qkv.requires_grad and qkv.dtype in (torch.float32, torch.bfloat16) \
             and bias.dtype == torch.float32 and not _is_compiling():
