@@ -13,7 +13,6 @@ from torch import nn
 
 from nnunet_swin.network.geometry import relative_position_index, stage_geometry
 from nnunet_swin.network.ops import (
-    _autocast_dtype,
     _is_compiling,
     _ScaledResidual,
     _TokenGather,
@@ -114,11 +113,7 @@ class SwinBlock(nn.Module):
     def _low_precision_weights(self, x: torch.Tensor) -> list[torch.Tensor | None]:
         """Under autocast in eager mode: the eight matmul weights and biases cast in one copy. Otherwise None
         for each."""
-        dtype = None if _is_compiling() else _autocast_dtype(x.device.type)
-        params = self.linear_params()
-        if dtype is None or any(p is None or p.dtype == dtype for p in params):
-            return [None] * 8
-        return cast_together(params, dtype)
+        return cast_together(self.linear_params(), x.device.type) or [None] * 8
 
     def _attend(self, x: torch.Tensor, weights: Sequence[torch.Tensor | None] = (None,) * 4) -> torch.Tensor:
         """norm1 and attention in windows: pad, roll and partition are one gather, and one gather back

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from nnunet_swin.network.blocks import _UPSAMPLERS, UPSAMPLING_MODES, PatchEmbed, PatchMerging, SwinBlock, \
     WindowAttention, _channels_first, _channels_last, _conv
 from nnunet_swin.network.geometry import NUM_STAGES, window_geometry
-from nnunet_swin.network.ops import _autocast_dtype, _is_compiling, cast_together, norm_linear
+from nnunet_swin.network.ops import _autocast_dtype, cast_together, norm_linear
 from nnunet_swin.network.plans import _per_axis, nearest_valid_sizes
 
 #: Per-forward inputs of each Swin block, made once for all blocks: low-precision weights, drop-path factors.
@@ -397,13 +397,8 @@ class SwinUnet(nn.Module):
         bound by kernel launches): the drop-path factors of all blocks in one draw, and under autocast in
         eager mode the matmul weights of all blocks in one cast (compiled, autocast's casts are fused)."""
         blocks = self._swin_blocks
-        dtype = None if _is_compiling() else _autocast_dtype(x.device.type)
-        params = [p for b in blocks for p in b.linear_params()]
-        if dtype is None or any(p is None or p.dtype == dtype for p in params):
-            weights = [None] * len(blocks)
-        else:
-            flat = cast_together(params, dtype)
-            weights = [flat[i : i + 8] for i in range(0, len(flat), 8)]
+        flat = cast_together([p for b in blocks for p in b.linear_params()], x.device.type)
+        weights = [None] * len(blocks) if flat is None else [flat[i : i + 8] for i in range(0, len(flat), 8)]
         scales = [None] * len(blocks)
         if self.training:
             dropping = [i for i, b in enumerate(blocks) if b.drop_prob]

@@ -29,9 +29,13 @@ def _forward_autocast(ctx) -> AbstractContextManager:
     return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def cast_together(params: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """``params`` cast to ``dtype`` in one copy, returned as views shaped like them: autocast would cast
-    each weight, and cast each gradient back, in a kernel of its own."""
+def cast_together(params: Sequence[torch.Tensor | None], device: str) -> list[torch.Tensor] | None:
+    """Under autocast in eager mode, ``params`` cast to autocast's dtype in one copy, returned as views shaped
+    like them (autocast would cast each weight, and each gradient back, in a kernel of its own); None when
+    there is nothing to cast (no autocast, compiling, a missing bias, already low precision)."""
+    dtype = None if _is_compiling() else _autocast_dtype(device)
+    if dtype is None or any(p is None or p.dtype == dtype for p in params):
+        return None
     flat = torch.cat([p.reshape(-1) for p in params]).to(dtype)
     return [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params)]
 
