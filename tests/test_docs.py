@@ -64,16 +64,20 @@ def fenced_blocks(text: str) -> list[tuple[str, int, list[str]]]:
     return blocks
 
 
-def without_code(text: str) -> str:
-    """The page without fenced blocks and inline code spans, where links and headings are not Markdown."""
+def without_code_blocks(text: str) -> str:
+    """The page without its fenced blocks (a '# comment' in a bash block is no heading)."""
     kept, in_block = [], False
     for line in text.splitlines():
         if re.match(r"\s*(```|~~~)", line):
             in_block = not in_block
-            continue
-        if not in_block:
-            kept.append(re.sub(r"`+[^`]*`+", "", line))
+        elif not in_block:
+            kept.append(line)
     return "\n".join(kept)
+
+
+def without_code(text: str) -> str:
+    """The page without fenced blocks and inline code spans, where a link is no link."""
+    return re.sub(r"`+[^`]*`+", "", without_code_blocks(text))
 
 
 def logical_lines(lines: list[str], first: int) -> list[tuple[int, str]]:
@@ -292,17 +296,6 @@ def heading_anchors(text: str) -> set[str]:
             anchor = f"{slug}-{n}"
         anchors.add(anchor)
     return anchors
-
-
-def without_code_blocks(text: str) -> str:
-    """The page without its fenced blocks (a '# comment' in a bash block is no heading)."""
-    kept, in_block = [], False
-    for line in text.splitlines():
-        if re.match(r"\s*(```|~~~)", line):
-            in_block = not in_block
-        elif not in_block:
-            kept.append(line)
-    return "\n".join(kept)
 
 
 def relative_links(page: Path) -> list[str]:
