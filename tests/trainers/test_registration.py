@@ -117,8 +117,8 @@ def test_wheel_hook_lets_a_fresh_process_find_every_trainer(tmp_path):
 
 @pytest.mark.skipif(not installed_pth_files(), reason="nnunet-swin is not pip-installed in this environment")
 def test_installed_package_registers_in_a_fresh_shell():
-    ok, msg = fresh_process_lookup("nnUNetTrainerSwinUnet_1skip")
-    assert ok, msg
+    lookup = fresh_process_lookup("nnUNetTrainerSwinUnet_1skip")
+    assert lookup.found, lookup.message
 
 
 def test_cli_ext_trainer_dir_and_doctor():
