@@ -1,6 +1,7 @@
 """``nnunet-swin``: a thin argparse front end; every subcommand's work lives in its own module.
 
-Every subcommand is registered the same way: a function ``add_parser(subparsers) -> ArgumentParser`` that adds
+Options that mean what nnU-Net's do also take nnU-Net's names (``-d``, ``-tr``, ``-device``). Every subcommand
+is registered the same way: a function ``add_parser(subparsers) -> ArgumentParser`` that adds
 its parser with ``set_defaults(func=...)`` (``func(args) -> exit code``), listed in ``SUBCOMMANDS``.
 """
 
@@ -37,8 +38,8 @@ def demo_parser(sub) -> argparse.ArgumentParser:
                           "cases -> Dice per label and an overlay PNG")
     p.add_argument("--workdir", default="nnunet_swin_demo",
                    help="folder for the demo's nnUNet_raw, nnUNet_preprocessed and nnUNet_results")
-    p.add_argument("--dataset-id", type=int, default=990, help="nnU-Net data set id the demo writes (and replaces)")
-    p.add_argument("--trainer", default="nnUNetTrainerSwinUnet_demo",
+    p.add_argument("-d", "--dataset-id", type=int, default=990, help="nnU-Net data set id the demo writes (and replaces)")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainerSwinUnet_demo",
                    help="any trainer nnU-Net finds (nnunet-swin trainers lists this plugin's); it trains on the "
                         "demo's short schedule (default: nnUNetTrainerSwinUnet_demo, the paper's network)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: 10 on the CPU, 50 on a GPU)")
@@ -46,7 +47,7 @@ def demo_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=40, help="synthetic training cases")
     p.add_argument("--num-test", type=int, default=10, help="synthetic held-out cases")
     p.add_argument("--size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"), help="image size")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
+    p.add_argument("-device", "--device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
                    help="nnU-Net's -device; auto: cuda when a GPU is there, else cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--verbose", action="store_true", help="show nnU-Net's full output")

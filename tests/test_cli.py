@@ -140,3 +140,10 @@ def test_demo_trains_another_trainer_on_the_demos_schedule(tmp_path):
     folder = next(results.glob("Dataset990_*/nnUNetTrainerSwinUnet_1skip_demo1x2__nnUNetPlans__2d"))
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
     assert "mean foreground" in proc.stdout
+
+
+def test_demo_takes_nnunets_flag_names():
+    demo = _subcommands()["demo"]
+    args = demo.parse_args(["-d", "991", "-tr", "nnUNetTrainer", "-device", "cpu"])
+    assert (args.dataset_id, args.trainer, args.device) == (991, "nnUNetTrainer", "cpu")
+    assert demo.parse_args(["--dataset-id", "992", "--device", "cuda"]).dataset_id == 992
