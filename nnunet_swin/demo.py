@@ -2,7 +2,9 @@
 
 1. writes a disc/bar data set in nnU-Net raw format (``nnunet_swin.synthetic``),
 2. ``nnUNetv2_plan_and_preprocess -c 2d``,
-3. ``nnUNetv2_train ID 2d 0 -tr nnUNetTrainerSwinUnet_demo`` (GPU when present, else CPU; short schedule),
+3. ``nnUNetv2_train ID 2d 0 -tr nnUNetTrainerSwinUnet_demo`` (GPU when present, else CPU; short schedule);
+   any other ``--trainer`` trains on the same schedule through a subclass the demo writes into its workdir
+   (``short_schedule_trainer``), found by nnU-Net on ``nnUNet_extTrainer`` like every other trainer,
 4. ``nnUNetv2_predict`` on the held-out images,
 5. ``nnUNetv2_evaluate_simple`` against their labels; prints Dice per label,
 6. writes ``overlay.png`` (image | ground truth | prediction) for a few held-out cases.
@@ -24,13 +26,18 @@ import time
 
 import numpy as np
 
-from nnunet_swin.registration import register
+from nnunet_swin.registration import ENV_VAR, append_to_env, lookup_in_subprocess, register
 from nnunet_swin.synthetic import SYNTHETIC_LABELS, dataset_folder_name, write_synthetic_dataset
 
 # lines of nnU-Net's output worth showing as progress
 _PROGRESS_MARKERS = ("Swin-Unet:", "Epoch ", "train_loss", "val_loss", "Pseudo dice", "Epoch time",
                      "Mean Validation Dice", "Training done", "Predicting", "Done with", "WARNING",
                      "Error", "error", "Traceback")
+
+
+DEFAULT_TRAINER = "nnUNetTrainerSwinUnet_demo"  # reads the schedule from NNUNET_SWIN_DEMO_EPOCHS/_ITERS
+VAL_ITERATIONS = 5
+_SHORT_MODULE = "nnunet_swin_demo_trainer"
 
 
 def nnunet_command(name: str) -> str:
@@ -55,13 +62,12 @@ def pick_device(device: str = "auto") -> str:
 
 
 def nnunet_env(workdir: str, base: dict | None = None, device: str = "cpu") -> dict:
-    """Environment for nnU-Net subprocesses: its three folders under ``workdir``, our trainers on
-    nnUNet_extTrainer, this nnunet_swin importable, and CPU-friendly worker counts."""
+    """Environment for nnU-Net subprocesses: its three folders under ``workdir`` (not created here), our
+    trainers on nnUNet_extTrainer, this nnunet_swin importable, and CPU-friendly worker counts."""
     env = dict(os.environ if base is None else base)
     workdir = os.path.abspath(workdir)
     for var, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
         env[var] = os.path.join(workdir, sub)
-        os.makedirs(env[var], exist_ok=True)
     register(env)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     site_dirs = {os.path.abspath(d) for d in getattr(site, "getsitepackages", lambda: [])()}
@@ -72,6 +78,23 @@ def nnunet_env(workdir: str, base: dict | None = None, device: str = "cpu") -> d
         env.setdefault("nnUNet_n_proc_DA", str(max(1, min(4, cores // 2))))
         env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, cores // 2))))
     return env
+
+
+def short_schedule_trainer(trainer: str, epochs: int, iters: int, directory: str) -> str:
+    """Write into ``directory`` (to be put last on nnUNet_extTrainer) a module defining ``trainer`` on the
+    demo's schedule, and return that subclass's name. The module finds ``trainer`` by nnU-Net's own lookup, so
+    any trainer nnU-Net finds works: its own, this plugin's, or a user's on nnUNet_extTrainer (an earlier
+    entry, so the lookup meets it before this directory)."""
+    name = f"{trainer}_demo{epochs}x{iters}"
+    os.makedirs(directory, exist_ok=True)
+    code = (f'"""Written by nnunet-swin demo: {trainer} for {epochs} epochs of {iters} iterations."""\n\n'
+            f"from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name\n\n"
+            f"from nnunet_swin.trainers import ShortSchedule\n\n\n"
+            f"class {name}(ShortSchedule, recursive_find_trainer_class_by_name({trainer!r})):\n"
+            f"    epochs, iterations, val_iterations = {epochs}, {iters}, {VAL_ITERATIONS}\n")
+    with open(os.path.join(directory, _SHORT_MODULE + ".py"), "w", encoding="utf-8") as f:
+        f.write(code)
+    return name
 
 
 def run_step(title: str, cmd: list[str], env: dict, verbose: bool = False, log_path: str | None = None) -> str:
@@ -130,14 +153,27 @@ def run_demo(workdir: str = "nnunet_swin_demo", dataset_id: int = 990, trainer: 
     t0 = time.time()
     device = pick_device(device)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     env = nnunet_env(workdir, device=device)
-    env["NNUNET_SWIN_DEMO_EPOCHS"] = str(epochs if epochs is not None else (50 if device == "cuda" else 10))
-    env["NNUNET_SWIN_DEMO_ITERS"] = str(iters if iters is not None else 25)
+    epochs = epochs if epochs is not None else (50 if device == "cuda" else 10)
+    iters = iters if iters is not None else 25
+    print(f"nnunet-swin demo: checking that nnU-Net finds the trainer {trainer} ...", flush=True)
+    lookup = lookup_in_subprocess(env, trainer)
+    if not lookup.found:
+        print(f"nnunet-swin demo: error: --trainer {trainer}: {lookup.message}", file=sys.stderr)
+        return 2
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[var], exist_ok=True)
+    if trainer == DEFAULT_TRAINER:
+        env["NNUNET_SWIN_DEMO_EPOCHS"], env["NNUNET_SWIN_DEMO_ITERS"] = str(epochs), str(iters)
+        env["NNUNET_SWIN_DEMO_VAL_ITERS"] = str(VAL_ITERATIONS)
+        trained = trainer
+    else:
+        short_dir = os.path.join(workdir, "ext_trainers")
+        trained = short_schedule_trainer(trainer, epochs, iters, short_dir)
+        env[ENV_VAR] = append_to_env(env.get(ENV_VAR), short_dir)
     log_path = os.path.join(workdir, "demo_log.txt")
-    print(f"nnunet-swin demo: workdir {workdir}, device {device}, trainer {trainer}, "
-          f"{env['NNUNET_SWIN_DEMO_EPOCHS']} epochs x {env['NNUNET_SWIN_DEMO_ITERS']} iterations "
-          f"(full log: {log_path})", flush=True)
+    print(f"nnunet-swin demo: workdir {workdir}, device {device}, trainer {trained}, {epochs} epochs x {iters} "
+          f"iterations (full log: {log_path})", flush=True)
 
     print("\n==> 1/5 writing a synthetic 2D data set (discs = label 1, bars = label 2)", flush=True)
     ds = write_synthetic_dataset(env["nnUNet_raw"], dataset_id, "SwinDemo", num_train, num_test, size, seed)
@@ -155,15 +191,15 @@ def run_demo(workdir: str = "nnunet_swin_demo", dataset_id: int = 990, trainer: 
     print(f"    nnU-Net planned patch {plans['configurations']['2d']['patch_size']}, "
           f"batch {plans['configurations']['2d']['batch_size']}", flush=True)
 
-    run_step(f"3/5 training {trainer} on fold 0",
-             [nnunet_command("nnUNetv2_train"), str(dataset_id), "2d", "0", "-tr", trainer, "-device", device],
+    run_step(f"3/5 training {trained} on fold 0",
+             [nnunet_command("nnUNetv2_train"), str(dataset_id), "2d", "0", "-tr", trained, "-device", device],
              env, verbose, log_path)
 
     pred_dir = os.path.join(workdir, "predictions")
     shutil.rmtree(pred_dir, ignore_errors=True)
     run_step("4/5 predicting the held-out cases",
              [nnunet_command("nnUNetv2_predict"), "-i", ds.images_ts, "-o", pred_dir, "-d", str(dataset_id),
-              "-c", "2d", "-tr", trainer, "-f", "0", "-device", device, "-npp", np_workers, "-nps", np_workers],
+              "-c", "2d", "-tr", trained, "-f", "0", "-device", device, "-npp", np_workers, "-nps", np_workers],
              env, verbose, log_path)
 
     summary_file = os.path.join(pred_dir, "summary.json")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 ENV_VAR = "nnUNet_extTrainer"
 PTH_NAME = "nnunet_swin_ext_trainer.pth"
@@ -99,32 +101,83 @@ def _without_our_directory(environ) -> dict:
     return env
 
 
-def lookup_in_subprocess(env: dict, trainer: str = "nnUNetTrainerSwinUnet", timeout: float = 300) -> tuple[bool, str]:
-    """Find ``trainer`` the way nnUNetv2_train does, in a new interpreter (site-packages .pth files run)
-    started with ``env``. Returns (found, message)."""
-    code = ("import os; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
-            f"c = f({trainer!r}); print('FOUND', c.__module__, os.environ.get('nnUNet_extTrainer'))")
+class Lookup(NamedTuple):
+    """What nnU-Net's trainer lookup did in a fresh interpreter. ``broken_entry``: the ``nnUNet_extTrainer``
+    entry whose module raised on import (nnU-Net's lookup stops there), else None."""
+
+    found: bool
+    message: str
+    broken_entry: str | None = None
+
+
+# Run by a fresh interpreter: nnU-Net's own lookup of argv[1]. On failure it names the nnUNet_extTrainer entry
+# whose module failed to import, or the registered trainer names closest to the one asked for.
+_LOOKUP_CODE = """
+import difflib, os, sys, traceback
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
+name = sys.argv[1]
+entries = [os.path.abspath(p) for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+try:
+    cls = find(name)
+except RuntimeError:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     try:
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        import nnunet_swin.trainers
+    except Exception:
+        pass
+    names, todo = set(), [nnUNetTrainer]
+    while todo:
+        c = todo.pop()
+        names.add(c.__name__)
+        todo.extend(c.__subclasses__())
+    print("MISSING", " ".join(difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.75)))
+    sys.exit(1)
+except Exception as e:
+    files = [f.filename for f in traceback.extract_tb(e.__traceback__)] + [getattr(e, "filename", None) or ""]
+    for f in reversed(files):
+        entry = next((d for d in entries if os.path.abspath(f).startswith(d + os.sep)), None)
+        if entry:
+            print("BROKEN", entry, "|", f, "|", type(e).__name__ + ":", " ".join(str(e).split()))
+            sys.exit(1)
+    raise
+print("FOUND", cls.__module__, os.environ.get("nnUNet_extTrainer"))
+"""
+
+
+def lookup_in_subprocess(env: dict, trainer: str = "nnUNetTrainerSwinUnet", timeout: float = 300) -> Lookup:
+    """Find ``trainer`` the way nnUNetv2_train does, in a new interpreter (site-packages .pth files run)
+    started with ``env``."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _LOOKUP_CODE, trainer], env=env, capture_output=True,
+                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout} s"
+        return Lookup(False, f"timed out after {timeout} s")
     out = (proc.stdout + proc.stderr).strip()
-    found = [line for line in out.splitlines() if line.startswith("FOUND")]
-    if proc.returncode == 0 and found:
-        return True, found[-1]
-    return False, out.splitlines()[-1] if out else f"exit code {proc.returncode}"
+    last = {line.split(" ", 1)[0]: line for line in out.splitlines() if line.startswith(("FOUND", "MISSING", "BROKEN"))}
+    if proc.returncode == 0 and "FOUND" in last:
+        return Lookup(True, last["FOUND"])
+    if "BROKEN" in last:
+        entry, path, error = (part.strip() for part in last["BROKEN"][len("BROKEN "):].split(" | ", 2))
+        return Lookup(False, f"{path} (on {ENV_VAR} as {entry}) fails to import: {error}", entry)
+    if "MISSING" in last:
+        close = last["MISSING"][len("MISSING"):].split()
+        hint = (f"; did you mean {close[0]}?" + (f" (also close: {', '.join(close[1:])})" if close[1:] else "")
+                if close else "; 'nnunet-swin trainers' lists this plugin's")
+        return Lookup(False, f"nnU-Net finds no trainer named {trainer!r}{hint}")
+    return Lookup(False, out.splitlines()[-1] if out else f"exit code {proc.returncode}")
 
 
-def fresh_process_lookup(trainer: str = "nnUNetTrainerSwinUnet", timeout: float = 300) -> tuple[bool, str]:
+def fresh_process_lookup(trainer: str = "nnUNetTrainerSwinUnet", timeout: float = 300) -> Lookup:
     """Whether a new shell finds ``trainer`` with no set-up step: a fresh interpreter whose environment
     lacks our directory, so only the installed .pth hook can add it."""
     return lookup_in_subprocess(_without_our_directory(os.environ), trainer, timeout)
 
 
-def registration_status(check_fresh_process: bool = True) -> tuple[bool, dict]:
+def registration_status(check_fresh_process: bool = True,
+                        progress: Callable[[str], None] = lambda line: None) -> tuple[bool, dict]:
     """Whether nnU-Net commands started from this shell find the trainers, and the doctor's registration
-    section (``verdict`` says it in words, ``fix`` what to do when they do not)."""
+    section (``verdict`` says it in words, ``fix`` what to do when they do not). ``progress`` gets a line
+    before each check that takes seconds."""
     status: dict = {
         "trainer directory": ext_trainer_dir(),
         ENV_VAR: os.environ.get(ENV_VAR, "NOT SET"),
@@ -139,25 +192,66 @@ def registration_status(check_fresh_process: bool = True) -> tuple[bool, dict]:
         if not ok:
             status["fix"] = fix
         return ok, status
-    here_ok, here_msg = lookup_in_subprocess(dict(os.environ))
+    progress("nnU-Net's trainer lookup in a fresh Python process started from this shell ...")
+    here = lookup_in_subprocess(dict(os.environ))
     new_env = _without_our_directory(os.environ)
-    new_ok, new_msg = (here_ok, here_msg) if new_env == dict(os.environ) else lookup_in_subprocess(new_env)
-    status["nnU-Net started from this shell finds nnUNetTrainerSwinUnet"] = f"{here_ok} ({here_msg})"
-    status["a new shell finds it with no set-up"] = f"{new_ok} ({new_msg})"
-    if here_ok and new_ok:
+    if new_env == dict(os.environ):
+        new = here
+    else:
+        progress("... and in one started from a new shell (only the .pth hook registers the plugin there) ...")
+        new = lookup_in_subprocess(new_env)
+    status["nnU-Net started from this shell finds nnUNetTrainerSwinUnet"] = f"{here.found} ({here.message})"
+    status["a new shell finds it with no set-up"] = f"{new.found} ({new.message})"
+    broken = None if here.found else here.broken_entry
+    if broken and os.path.abspath(broken) != os.path.abspath(ext_trainer_dir()):
+        status["verdict"] = (f"NOT WORKING: a module of your own on {ENV_VAR} fails to import, and nnU-Net's "
+                             f"trainer lookup stops there: {here.message}")
+        status["fix"] = f"fix that module, or take {broken} off {ENV_VAR}"
+    elif broken:
+        status["verdict"] = f"NOT WORKING: this plugin's trainer module fails to import: {here.message}"
+        status["fix"] = "check the versions above against the supported ones, or reinstall nnunet-swin"
+    elif here.found and new.found:
         status["verdict"] = "OK: the .pth hook registers the trainers in every new Python process"
-    elif here_ok:
+    elif here.found:
         status["verdict"] = (f"OK in this shell: its {ENV_VAR} lists the trainer directory. No .pth hook does it "
                              f"for new shells: keep the export in your shell start-up file (e.g. ~/.bashrc), "
                              f"or reinstall (pip install . or pip install -e .) to get the hook")
-    elif new_ok:
+    elif new.found:
         status["verdict"] = (f"NOT WORKING in this shell, although a new shell would work: this shell's "
-                             f"{ENV_VAR} breaks nnU-Net's lookup ({here_msg})")
+                             f"{ENV_VAR} breaks nnU-Net's lookup ({here.message})")
         status["fix"] = f"unset {ENV_VAR}, or remove the entry that fails from it"
     else:
         status["verdict"] = "NOT WORKING: nnU-Net does not find the trainers"
         status["fix"] = fix
-    return here_ok, status
+    return here.found, status
+
+
+def trainer_summaries() -> list[tuple[str, str]]:
+    """(name, what it changes) for every trainer the plugin registers: the first sentence of the class's own
+    docstring, else the class attributes it sets on top of its parent."""
+    from nnunet_swin.trainers.variants import TRAINERS
+
+    rows = []
+    for cls in TRAINERS:
+        doc = cls.__dict__.get("__doc__")
+        if doc:
+            summary = " ".join(doc.replace("``", "").split()).split(". ")[0].rstrip(".")
+        else:
+            changed = [f"{k} = {v!r}" for k, v in vars(cls).items() if not k.startswith("_") and not callable(v)]
+            summary = f"{cls.__bases__[0].__name__} with {', '.join(changed)}"
+        rows.append((cls.__name__, summary))
+    return rows
+
+
+def print_trainers() -> int:
+    """``nnunet-swin trainers``: one line per registered trainer."""
+    rows = trainer_summaries()
+    width = max(len(name) for name, _ in rows)
+    print(f"Trainers this plugin registers with nnU-Net (nnUNetv2_train DATASET CONFIGURATION FOLD -tr NAME; 2D "
+          f"and 3D configurations):")
+    for name, summary in rows:
+        print(f"  {name.ljust(width)}  {summary}")
+    return 0
 
 
 def _version(dist: str) -> str:
@@ -169,29 +263,57 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def doctor_report(check_fresh_process: bool = True) -> tuple[bool, dict]:
-    """Whether registration works from this shell, and everything `nnunet-swin doctor` prints as a dict
-    of sections."""
+_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def paths_verdict(environ=None) -> str:
+    """One line on nnU-Net's three folder variables: OK, or which are unset or name no directory and what
+    that stops working."""
+    environ = os.environ if environ is None else environ
+    unset = [v for v in _PATH_VARS if not environ.get(v)]
+    missing = [v for v in _PATH_VARS if environ.get(v) and not os.path.isdir(environ[v])]
+    if not unset and not missing:
+        return "OK: nnUNet_raw, nnUNet_preprocessed and nnUNet_results name existing directories"
+    problems = ([f"{', '.join(unset)} not set"] if unset else []) + \
+               ([f"{', '.join(missing)} not an existing directory"] if missing else [])
+    return (f"INCOMPLETE: {'; '.join(problems)}. nnU-Net's plan, train and predict commands need all three, "
+            f"e.g. export nnUNet_raw=/data/nnUNet_raw nnUNet_preprocessed=/data/nnUNet_preprocessed "
+            f"nnUNet_results=/data/nnUNet_results (nnunet-swin demo sets its own under --workdir)")
+
+
+def doctor_report(check_fresh_process: bool = True, progress: Callable[[str], None] = lambda line: None,
+                  on_section: Callable[[str, dict], None] = lambda name, entries: None) -> tuple[bool, dict]:
+    """Whether registration works from this shell, and everything `nnunet-swin doctor` prints as a dict of
+    sections; ``on_section`` gets each section as soon as it is checked, ``progress`` a line before each
+    check that takes seconds."""
     report: dict[str, dict] = {}
-    report["versions"] = {
+
+    def add(name: str, entries: dict) -> None:
+        report[name] = entries
+        on_section(name, entries)
+
+    add("versions", {
         "python": sys.version.split()[0],
         "nnunet-swin": _version("nnunet-swin") + f" (imported from {os.path.dirname(os.path.abspath(__file__))})",
         "nnunetv2": _version("nnunetv2"),
         "torch": _version("torch"),
         "timm": _version("timm"),
         "monai": _version("monai"),
-    }
+    })
     paths = {}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for var in _PATH_VARS:
         val = os.environ.get(var)
-        paths[var] = "NOT SET" if val is None else (val + ("" if os.path.isdir(val) else "  (missing directory)"))
+        paths[var] = "NOT SET" if not val else (val + ("" if os.path.isdir(val) else "  (missing directory)"))
     for var in ("nnUNet_n_proc_DA", "nnUNet_compile", "NNUNET_SWIN_PRETRAINED"):
         if var in os.environ:
             paths[var] = os.environ[var]
-    report["paths"] = paths
+    paths["verdict"] = paths_verdict()
+    add("paths", paths)
 
-    ok, report["registration"] = registration_status(check_fresh_process)
+    ok, registration = registration_status(check_fresh_process, progress)
+    add("registration", registration)
 
+    progress("the device (imports torch) ...")
     import torch
 
     dev = {"cpu threads": torch.get_num_threads(), "cpu cores": os.cpu_count()}
@@ -208,7 +330,7 @@ def doctor_report(check_fresh_process: bool = True) -> tuple[bool, dict]:
     else:
         dev["device"] = "cpu only"
         dev["use"] = "-device cpu (slow; fine for the demo)"
-    report["device"] = dev
+    add("device", dev)
     return ok, report
 
 
@@ -223,9 +345,13 @@ def format_report(report: dict) -> str:
 
 
 def doctor(check_fresh_process: bool = True) -> int:
-    """Print the report; exit code 0 when nnU-Net commands started from this shell find the trainers, else 1."""
-    ok, report = doctor_report(check_fresh_process)
-    print(format_report(report))
+    """Print each section as it is checked, then the verdicts; exit code 0 when nnU-Net commands started from
+    this shell find the trainers, else 1 (unset nnU-Net paths are reported, not counted: the demo needs none)."""
+    print("nnunet-swin doctor: versions, nnU-Net's paths, the registration (fresh Python processes, seconds "
+          "each) and the device", flush=True)
+    ok, report = doctor_report(check_fresh_process, lambda line: print(f"  checking {line}", flush=True),
+                               lambda name, entries: print(format_report({name: entries}), flush=True))
     reg = report["registration"]
     print("\nregistration:", reg["verdict"] + (" - see 'fix' above" if "fix" in reg else ""))
+    print("paths:", report["paths"]["verdict"])
     return 0 if ok else 1

@@ -26,7 +26,7 @@ from nnunet_swin.experiments import ablation, runner
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASET_ID = 977
 DATASET = f"Dataset{DATASET_ID:03d}_AblTiny"
-SCRIPT = os.path.join(REPO, "scripts", "ablate_skips.py")
+CLI = ["-m", "nnunet_swin.cli", "ablate-skips"]
 
 TRAINER_MODULE = '''
 """Short Swin-Unet trainers for the ablation tests (nnU-Net finds them through nnUNet_extTrainer)."""
@@ -134,7 +134,7 @@ def trained(nnunet_root):
     with open(module, "w") as f:
         f.write(without_2)
     out = os.path.join(nnunet_root, "ablation_out")
-    cmd = [sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
+    cmd = [sys.executable, *CLI, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
            "--device", "cpu", "--out", out]
     t0 = time.time()
     calls = {"with_failures": _run(cmd, env)}
@@ -257,7 +257,7 @@ def test_3d_fullres_ablation_end_to_end(tmp_path):
     with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
         json.dump([{"train": cases[2:], "val": cases[:2]}], f)
     out = str(tmp_path / "out")
-    proc = _run([sys.executable, SCRIPT, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
+    proc = _run([sys.executable, *CLI, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
                  "--trainer-pattern", "MyShort_{k}skip", "--device", "cpu", "--out", out], env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("[done]") == 2
@@ -293,7 +293,7 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
     assert not os.path.exists(out)  # a dry run writes nothing
 
     # the console script prints the same
-    proc = _run([sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
+    proc = _run([sys.executable, *CLI, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
                  "--dry-run", "--out", out], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu"
@@ -610,7 +610,7 @@ def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_pa
     aggregation = text.split("NNUNET_AGGREGATE")[1]
     assert "-c 3d_fullres" in aggregation
     assert os.path.join(env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__3d_fullres") in aggregation
-    proc = subprocess.run([sys.executable, SCRIPT, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
+    proc = subprocess.run([sys.executable, *CLI, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
                           text=True, env={**os.environ, **env, "PYTHONPATH": REPO}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "ablate-skips: error: Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; they have 2d, 3d_fullres")

@@ -24,7 +24,7 @@ from nnunet_swin.experiments import msd_benchmark as mb
 from nnunet_swin.experiments.msd_benchmark import Model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "scripts", "msd_benchmark.py")
+CLI = ["-m", "nnunet_swin.cli", "benchmark-msd"]
 DATASET = "Dataset097_SynthMSD"
 
 TRAINER_MODULE = '''
@@ -65,7 +65,7 @@ def _env(root: str) -> dict:
 
 
 def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=1200,
+    return subprocess.run([sys.executable, *CLI, *args], env=env, capture_output=True, text=True, timeout=1200,
                           cwd=REPO)
 
 
@@ -321,7 +321,7 @@ def test_rank_is_competition_ranking_and_skips_nan():
 def test_missing_nnunet_paths_is_a_one_line_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env["PYTHONPATH"] = REPO
-    proc = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *CLI, str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("benchmark-msd: error: nnUNet_results is not set")

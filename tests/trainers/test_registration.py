@@ -9,6 +9,7 @@ import shutil
 import site
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import pytest
 
 from nnunet_swin.registration import (
     ENV_VAR,
+    Lookup,
     PTH_LINE,
     PTH_NAME,
     append_to_env,
     ext_trainer_dir,
     fresh_process_lookup,
     installed_pth_files,
+    lookup_in_subprocess,
+    paths_verdict,
 )
 from trainer_test_helpers import HERE, REPO
 
@@ -113,8 +117,8 @@ def test_wheel_hook_lets_a_fresh_process_find_every_trainer(tmp_path):
 
 @pytest.mark.skipif(not installed_pth_files(), reason="nnunet-swin is not pip-installed in this environment")
 def test_installed_package_registers_in_a_fresh_shell():
-    ok, msg = fresh_process_lookup("nnUNetTrainerSwinUnet_1skip")
-    assert ok, msg
+    lookup = fresh_process_lookup("nnUNetTrainerSwinUnet_1skip")
+    assert lookup.found, lookup.message
 
 
 def test_cli_ext_trainer_dir_and_doctor():
@@ -208,8 +212,73 @@ def test_doctor_verdicts(monkeypatch, capsys, here, new_shell, verdict, code):
 
     monkeypatch.setenv(ENV_VAR, "/mine" + os.pathsep + ext_trainer_dir())
     monkeypatch.setattr(registration, "lookup_in_subprocess",
-                        lambda env, *a, **k: (here, "x") if ext_trainer_dir() in env.get(ENV_VAR, "") else (new_shell, "y"))
+                        lambda env, *a, **k: Lookup(here, "x") if ext_trainer_dir() in env.get(ENV_VAR, "")
+                        else Lookup(new_shell, "y"))
     assert registration.doctor() == code
     out = capsys.readouterr().out
     assert f"registration: {verdict}" in out
     assert ("fix" in out.split("[device]")[0]) == (code == 1)
+
+
+def _doctor_here(env: dict) -> subprocess.Popen:
+    """``nnunet-swin doctor`` of this source tree in a subprocess with ``env`` (PYTHONPATH: this tree)."""
+    return subprocess.Popen([sys.executable, "-m", "nnunet_swin.cli", "doctor"],
+                            env={**_clean_env(PYTHONPATH=str(REPO)), **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_doctor_names_a_users_broken_trainer_module(tmp_path):
+    """A module of the user's on nnUNet_extTrainer that fails to import stops nnU-Net's lookup before it
+    reaches the plugin: the doctor names that entry and file, and does not blame the registration."""
+    user_dir = tmp_path / "my_trainers"
+    user_dir.mkdir()
+    (user_dir / "my_broken_trainer.py").write_text("import a_module_that_does_not_exist_anywhere\n")
+    proc = _doctor_here({ENV_VAR: str(user_dir) + os.pathsep + ext_trainer_dir()})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out
+    verdict = next(line for line in out.splitlines() if line.startswith("registration:"))
+    assert "a module of your own" in verdict and str(user_dir / "my_broken_trainer.py") in verdict, verdict
+    assert "ModuleNotFoundError" in verdict and "a_module_that_does_not_exist_anywhere" in verdict
+    fix = next(line for line in out.splitlines() if line.strip().startswith("fix"))
+    assert f"take {user_dir} off {ENV_VAR}" in fix and "ext-trainer-dir" not in fix
+
+
+def test_doctor_prints_as_it_checks_and_judges_unset_paths():
+    """Sections come out as they are checked (the versions seconds before the registration, which starts
+    fresh interpreters), and unset nnU-Net paths get a verdict of their own."""
+    env = {ENV_VAR: ext_trainer_dir(), "nnUNet_raw": "", "nnUNet_preprocessed": "", "nnUNet_results": ""}
+    proc = _doctor_here(env)
+    seen: dict[str, float] = {}
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        for mark in ("nnunet-swin doctor:", "[versions]", "[registration]", "[device]", "paths:"):
+            if line.startswith(mark):
+                seen.setdefault(mark, time.monotonic())
+    assert proc.wait(timeout=600) == 0, "".join(lines)
+    assert list(seen) == ["nnunet-swin doctor:", "[versions]", "[registration]", "[device]", "paths:"], seen
+    assert seen["[registration]"] - seen["[versions]"] > 1.0, "the versions were not printed before the lookups"
+    verdict = next(line for line in lines if line.startswith("paths:"))
+    assert "INCOMPLETE: nnUNet_raw, nnUNet_preprocessed, nnUNet_results not set" in verdict, verdict
+
+
+def test_paths_verdict(tmp_path):
+    dirs = {v: str(tmp_path / v) for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        os.mkdir(d)
+    assert paths_verdict(dirs).startswith("OK")
+    assert paths_verdict({}).startswith("INCOMPLETE: nnUNet_raw, nnUNet_preprocessed, nnUNet_results not set.")
+    broken = {**dirs, "nnUNet_results": str(tmp_path / "nowhere")}
+    del broken["nnUNet_raw"]
+    assert paths_verdict(broken).startswith("INCOMPLETE: nnUNet_raw not set; nnUNet_results not an existing "
+                                            "directory.")
+
+
+def test_lookup_suggests_the_closest_trainer_names():
+    env = _clean_env(PYTHONPATH=str(REPO), **{ENV_VAR: ext_trainer_dir()})
+    missing = lookup_in_subprocess(env, "nnUNetTrainerSwinUnt_1skip")
+    assert not missing.found and missing.broken_entry is None
+    assert "no trainer named 'nnUNetTrainerSwinUnt_1skip'; did you mean nnUNetTrainerSwinUnet_1skip?" in missing.message
+    found = lookup_in_subprocess(env, "nnUNetTrainerSwinUnet_1skip")
+    assert found.found and "nnunet_swin" in found.message
