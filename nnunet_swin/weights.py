@@ -176,7 +176,7 @@ def _official_name(ours: str) -> str:
 
 def _hint(key: str, model: SwinUnet) -> str:
     if ".fuse." in key:
-        return f"the checkpoint has this skip fusion but the model has num_skips={model.decoder.num_skips}"
+        return f"the checkpoint has this skip fusion but the model has num_skips={model.options.num_skips}"
     if ".blocks." in key:
         return "the checkpoint has more Swin blocks than the model's depths"
     return "different architecture"
@@ -256,8 +256,8 @@ def _to_timm_layout(state_dict: StateDict, model: SwinUnet, config: dict) -> Sta
     import timm
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    window = model.encoder.stages[0].blocks[0].attn.window_size[-2:]
-    patch = model.encoder.patch_embed.proj.kernel_size[-2:]
+    window = model.options.window_size[-2:]
+    patch = model.options.patch_size[-2:]
     skeleton = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, device="meta", num_classes=0, **config,
         window_size=window, patch_size=patch,
@@ -290,19 +290,19 @@ def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.T
 
     Returns the tensor and how it was inflated (None when unchanged)."""
     if target == "encoder.patch_embed.proj.weight":
-        depth = model.encoder.patch_embed.proj.kernel_size[0]
+        depth = model.options.patch_size[0]
         return (value[:, :, None].expand(-1, -1, depth, -1, -1) / depth,
                 f"inflated to a 3D kernel of depth {depth}: the 2D kernel replicated along depth and divided "
                 f"by {depth}")
     if target.endswith("relative_position_bias_table"):
-        offsets = 2 * model.get_submodule(target.rsplit(".", 1)[0]).window_size[0] - 1
+        offsets = 2 * model.options.window_size[0] - 1
         if offsets == 1:
             return value, None
         return value.repeat(offsets, 1), (f"inflated: the 2D table repeated for each of the {offsets} depth offsets "
                                           f"{tuple(value.shape)} -> ({offsets * value.shape[0]}, {value.shape[1]})")
     m = _MERGE_KEY.match(target)
     if m:
-        depth = model.encoder.stages[int(m.group(1))].downsample.stride[0]
+        depth = model.options.merge_strides[int(m.group(1))][0]
         if depth == 1:
             return value, None
         blocks = value.unflatten(-1, (4, 1, -1)).expand(*value.shape[:-1], 4, depth, -1)
@@ -315,7 +315,7 @@ def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.T
 
 def _merge_without_counterpart(model: SwinUnet, stage: int) -> str | None:
     """Why the 2D 2x2 merging has no counterpart in our merging after ``stage`` (None when it has one)."""
-    stride = model.encoder.stages[stage].downsample.stride
+    stride = model.options.merge_strides[stage]
     if stride[-2:] == (2, 2):
         return None
     return (f"our merging after stage {stage} has stride {list(stride)}, not 2x2 in-plane (a plan with fewer "
@@ -351,9 +351,9 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     if model.spatial_dims == 3:
         report.notes.append(
             f"2D weights inflated along depth (the first axis) for this 3D model: patch kernel of depth "
-            f"{model.encoder.patch_embed.proj.kernel_size[0]}, relative-position tables over "
-            f"{2 * model.encoder.stages[0].blocks[0].attn.window_size[0] - 1} depth offsets, mergings of depth "
-            f"strides {[stage.downsample.stride[0] for stage in model.encoder.stages[:-1]]}; a volume constant "
+            f"{model.options.patch_size[0]}, relative-position tables over "
+            f"{2 * model.options.window_size[0] - 1} depth offsets, mergings of depth "
+            f"strides {[m[0] for m in model.options.merge_strides]}; a volume constant "
             f"along depth gives the 2D encoder's features on every slice")
     converted = _to_timm_layout(raw, model, config)
     for k in raw:
