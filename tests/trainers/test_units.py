@@ -246,24 +246,29 @@ def test_warmup_poly_schedule():
 
 
 # --- a real trainer on the session's preprocessed data, in this process -----------------------------
-@pytest.fixture
-def tiny_trainer(planned, workspace, monkeypatch):
+def _initialized_trainer(trainer, workspace, monkeypatch):
+    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
     import json
-    import sys
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, workspace.env[k])
+    pre = workspace.pre / "Dataset990_SwinSynthetic"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    tr = trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    tr.initialize()
+    return tr
+
+
+@pytest.fixture
+def tiny_trainer(planned, workspace, monkeypatch):
+    import sys
+
     monkeypatch.syspath_prepend(str(workspace.user_ext))
     sys.modules.pop("user_trainers", None)
     import user_trainers
 
-    pre = workspace.pre / "Dataset990_SwinSynthetic"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    ds = json.loads((pre / "dataset.json").read_text())
-    tr = user_trainers.TestSwin_3skip_DS(plans, "2d", "all", ds, torch.device("cpu"))
-    tr.initialize()
-    return tr
+    return _initialized_trainer(user_trainers.TestSwin_3skip_DS, workspace, monkeypatch)
 
 
 def test_deep_supervision_matches_network(tiny_trainer):
@@ -317,23 +322,12 @@ def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
 def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(planned, workspace, monkeypatch, tmp_path):
     """The IN1k family loads weights in on_train_start (never in build_network_architecture, which
     inference runs); a missing file stops with instructions."""
-    import json
-
     from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k
 
-    pytest.importorskip("nnunet_swin.weights")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, workspace.env[k])
     pm, cm = _fake_cm((64, 64))
     monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
     nnUNetTrainerSwinUnetIN1k.build_network_architecture(pm, cm, 1, 2, False)  # builds without weights
-
-    pre = workspace.pre / "Dataset990_SwinSynthetic"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    tr = nnUNetTrainerSwinUnetIN1k(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()),
-                                   torch.device("cpu"))
-    tr.initialize()
+    tr = _initialized_trainer(nnUNetTrainerSwinUnetIN1k, workspace, monkeypatch)
     with pytest.raises(RuntimeError) as err:
         tr._maybe_load_imagenet()
     msg = str(err.value)
@@ -355,21 +349,12 @@ def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(plan
 def test_imagenet_weights_not_loaded_over_pretrained_weights(planned, workspace, monkeypatch, tmp_path):
     """nnUNetv2_train -pretrained_weights loads after initialize(); the IN1k trainer then keeps those weights
     (a missing ImageNet file would raise if it tried to load it)."""
-    import json
-
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
     from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k
 
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, workspace.env[k])
     monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
-    pre = workspace.pre / "Dataset990_SwinSynthetic"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    tr = nnUNetTrainerSwinUnetIN1k(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()),
-                                   torch.device("cpu"))
-    tr.initialize()
+    tr = _initialized_trainer(nnUNetTrainerSwinUnetIN1k, workspace, monkeypatch)
     source = {k: v + 1 for k, v in tr.network.state_dict().items()}
     torch.save({"network_weights": source}, tmp_path / "checkpoint_final.pth")
     load_pretrained_weights(tr.network, str(tmp_path / "checkpoint_final.pth"))
