@@ -1,6 +1,7 @@
 """Weight loading: official Swin-Unet checkpoints, ImageNet Swin encoders, round trips.
 
-The official model is ``official_reference`` (an independent re-implementation); the ImageNet encoder
+The official model is ``nnunet_swin.experiments.official_swin_unet`` (an independent re-implementation,
+checked here against the official checkpoint layout); the ImageNet encoder
 is timm's Swin-T with random (non-trivial) weights, so nothing is downloaded. Every check compares
 values, never just "it runs".
 """
@@ -18,8 +19,8 @@ import torch
 from timm.layers import resize_rel_pos_bias_table
 from torch import nn
 
-import official_reference as ref
 from nnunet_swin import SwinUnet
+from nnunet_swin.experiments import official_swin_unet as ref
 from nnunet_swin.weights import LoadReport, WeightLoadError, load_official_checkpoint, load_pretrained_encoder
 
 BUFFERS = ("relative_position_index", "attn_mask")
@@ -28,9 +29,9 @@ AUX_HEADS = ["decoder.seg_layers.1.weight", "decoder.seg_layers.2.weight", "deco
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """These tests run a few large single-image forwards on a shared 2-core machine; there, two intra-op
-    threads spin-wait on each other and cost ~5x the CPU time of one (measured: 275 s vs 55 s for this
-    file at load 10). Restored afterwards, so other test modules keep their setting."""
+    """These tests run a few large single-image forwards; on a machine whose cores are busy, two intra-op
+    threads spin-wait on each other and cost several times the CPU time of one. Restored afterwards, so
+    other test modules keep their setting."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -619,3 +620,78 @@ def test_merging_without_in_plane_counterpart_stays_random(sources, spatial_dims
         ours = model.encoder(x if spatial_dims == 2 else depth_constant(x, 8))[:2]
     for a, b in zip(flat, ours):
         assert rel_err(b, a if spatial_dims == 2 else depth_constant(a, b.shape[2])) < 1e-5
+
+
+def _official_keys(img_size: int, depths: tuple[int, ...] = (2, 2, 2, 2), window: int = 7) -> list[str]:
+    """The official checkpoint's keys in state-dict order, generated from their patterns."""
+    block = ["norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.relative_position_index",
+             "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+             "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+
+    def stage(prefix: str, depth: int, res: int) -> list[str]:
+        out = []
+        for j in range(depth):
+            if j % 2 == 1 and res > window:
+                out.append(f"{prefix}.blocks.{j}.attn_mask")
+            out += [f"{prefix}.blocks.{j}.{k}" for k in block]
+        return out
+
+    r = img_size // 4
+    keys = ["patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias"]
+    for i in range(4):
+        keys += stage(f"layers.{i}", depths[i], r // 2 ** i)
+        if i < 3:
+            keys += [f"layers.{i}.downsample.{k}" for k in ("reduction.weight", "norm.weight", "norm.bias")]
+    keys += ["layers_up.0.expand.weight", "layers_up.0.norm.weight", "layers_up.0.norm.bias"]
+    for i in range(1, 4):
+        keys += stage(f"layers_up.{i}", depths[3 - i], r // 2 ** (3 - i))
+        if i < 3:
+            keys += [f"layers_up.{i}.upsample.{k}" for k in ("expand.weight", "norm.weight", "norm.bias")]
+    keys += [f"concat_back_dim.{i}.{k}" for i in range(1, 4) for k in ("weight", "bias")]
+    keys += ["norm.weight", "norm.bias", "norm_up.weight", "norm_up.bias", "up.expand.weight", "up.norm.weight",
+             "up.norm.bias", "output.weight"]
+    return keys
+
+
+@pytest.mark.parametrize("img_size", [224, 448])
+def test_reference_model_has_the_official_checkpoint_layout(img_size):
+    """The reference's keys in the official order, its parameter counts per module and the sample shapes of
+    the official Swin-T Synapse checkpoint, so official weights load into it strictly."""
+    model = ref.build_official(img_size)
+    sd = model.state_dict()
+    assert list(sd.keys()) == _official_keys(img_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 27_168_900, n_params
+    assert not list(model.concat_back_dim[0].parameters())
+    if img_size == 224:
+        assert len(sd) == 238 and len(sd) - len(list(model.parameters())) == 20
+        samples = {  # the official checkpoint's shapes
+            "patch_embed.proj.weight": (96, 3, 4, 4), "layers.0.blocks.1.attn_mask": (64, 49, 49),
+            "layers.1.blocks.1.attn_mask": (16, 49, 49), "layers.2.blocks.1.attn_mask": (4, 49, 49),
+            "layers.0.blocks.0.attn.relative_position_bias_table": (169, 3),
+            "layers.3.blocks.1.attn.relative_position_index": (49, 49), "layers.3.blocks.1.attn.qkv.weight": (2304, 768),
+            "layers.2.downsample.reduction.weight": (768, 1536), "layers.1.downsample.norm.weight": (768,),
+            "layers_up.0.expand.weight": (1536, 768), "layers_up.0.norm.weight": (384,),
+            "layers_up.1.upsample.expand.weight": (768, 384), "layers_up.2.upsample.norm.bias": (96,),
+            "layers_up.3.blocks.1.attn_mask": (64, 49, 49), "layers_up.1.blocks.1.attn_mask": (4, 49, 49),
+            "concat_back_dim.1.weight": (384, 768), "concat_back_dim.3.bias": (96,),
+            "up.expand.weight": (1536, 96), "output.weight": (9, 96, 1, 1), "norm.weight": (768,),
+        }
+        for k, shape in samples.items():
+            assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
+        per_module = {"patch_embed": 4_896, "layers.0": 299_190, "layers.1": 1_188_204, "layers.2": 4_735_704,
+                      "layers.3": 14_183_856, "layers_up.0": 1_180_416, "layers_up.1": 3_848_280,
+                      "layers_up.2": 965_676, "layers_up.3": 224_694, "concat_back_dim.1": 295_296,
+                      "concat_back_dim.2": 73_920, "concat_back_dim.3": 18_528, "norm": 1_536, "norm_up": 192,
+                      "up": 147_648, "output": 864}
+        for name, n in per_module.items():
+            got = sum(p.numel() for p in model.get_submodule(name).parameters())
+            assert got == n, (name, got, n)
+        n1 = sum(p.numel() for p in ref.build_official(224, in_chans=1).parameters())
+        assert n1 == 27_165_828, n1
+    blocks = [b for b in model.modules() if isinstance(b, ref.SwinBlock)]
+    assert len(blocks) == 14
+    for b in blocks:
+        assert b.attn.relative_position_index.dtype == torch.int64
+        if b.attn_mask is not None:
+            assert set(b.attn_mask.unique().tolist()) <= {0.0, -100.0}

@@ -107,9 +107,33 @@ def test_rows_can_be_chosen_and_left_out():
     assert not any(c.compile for c in candidates("cuda", 1, 9, (64, 64), include=["bf16"], exclude=["compile"]))
     cpu = candidates("cpu", 1, 9, (64, 64), compile_on_cpu=True)
     assert [c.name for c in cpu if c.compile] == [CNN_ROW, SWIN_ROW]
-    assert OFFICIAL_ROW in [c.name for c in cpu]  # from the checkout's tests/official_reference.py
-    assert OFFICIAL_ROW not in [c.name for c in candidates("cpu", 1, 9, (64, 64), official="/nonexistent.py")]
+    assert OFFICIAL_ROW in [c.name for c in cpu]
+    assert OFFICIAL_ROW not in [c.name for c in candidates("cpu", 1, 9, (64, 96))]  # the official takes squares
     assert not any(c.compile for c in candidates("cpu", 1, 9, (64, 64)))
+
+
+def test_official_row_without_a_checkout(tmp_path):
+    """The package copied alone (as a wheel installs it: no tests/, no pyproject.toml beside it) and run from
+    an unrelated folder still has the official Swin-Unet's row; the meta device measures shapes only."""
+    import shutil
+    import subprocess
+    import sys
+
+    import nnunet_swin
+
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(nnunet_swin.__file__), site / "nnunet_swin",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys, nnunet_swin; from nnunet_swin.cli import main; print('from', nnunet_swin.__file__); "
+            "sys.exit(main(sys.argv[1:]))")
+    argv = ["bench", "--device", "meta", "--patch", "224", "--only", "Official", "--out", str(tmp_path / "b")]
+    run = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"from {site / 'nnunet_swin' / '__init__.py'}" in run.stdout
+    rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    assert list(rows) == [CNN_ROW, OFFICIAL_ROW]
+    assert rows[OFFICIAL_ROW]["params_m"] == pytest.approx(27.165828) and not rows[OFFICIAL_ROW]["error"]
 
 
 def test_default_model_costs_what_the_official_one_costs():
