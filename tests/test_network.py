@@ -449,8 +449,8 @@ def test_recomputed_norms_give_exact_gradients():
 
 def test_recomputation_in_backward_runs_under_the_forwards_autocast():
     """Backward runs outside autocast. The LayerNorm recomputed there must see the forward's autocast state:
-    without it, on CUDA, bf16 activations meet fp32 norm weights and layer_norm raises (found on an H200;
-    the CPU's layer_norm accepts the mix, so the state itself is checked here)."""
+    without it, on CUDA, bf16 activations meet fp32 norm weights and layer_norm raises (the
+    CPU's layer_norm accepts the mix, so the state itself is checked here)."""
     seen = []
 
     def spy_norm(x, weight, bias):
@@ -521,7 +521,8 @@ def test_the_model_exposes_its_options_strides_windows_and_weight_decay():
                      **SMALL)
     assert model.options.patch_size == (1, 4, 4) and model.options.merge_strides == ((2, 2, 2), (1, 2, 2), (2, 2, 2))
     assert model.options.as_dict()["window_size"] == [2, 7, 7] and model.options.embed_dim == 24
-    assert model.stage_strides == ((1, 4, 4), (2, 8, 8), (2, 16, 16), (4, 32, 32)) and model.size_multiple == (4, 32, 32)
+    assert model.stage_strides == ((1, 4, 4), (2, 8, 8), (2, 16, 16), (4, 32, 32))
+    assert model.size_multiple == (4, 32, 32)
     assert model.stage_windows == ((2, 7, 7),) * 4
     assert [s.blocks[0].window_size for s in model.encoder.stages] == list(model.stage_windows)
     # rebuilt from its resolved options it is the same network

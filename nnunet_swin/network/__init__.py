@@ -22,8 +22,8 @@ One module per part: ``ops`` (custom autograd functions, window attention), ``ge
 shifts, padding, masks and their cache), ``blocks`` (attention, block, embedding, merging, expanding),
 ``options`` (``SwinUnetOptions``: the keyword options checked and resolved, and the strides and windows
 they give), ``model`` (stages, encoder, decoder built from the encoder, ``SwinUnet``), ``plans`` (sizes
-and nnU-Net plans to strides and windows). The package imports torch and timm layers only (never nnU-Net), so it can be used and tested
-alone.
+and nnU-Net plans to strides and windows). The package imports torch and timm layers only (never
+nnU-Net), so it can be used and tested alone.
 """
 
 from nnunet_swin.network.blocks import (
@@ -62,8 +62,8 @@ from nnunet_swin.network.plans import (
 )
 
 __all__ = [
-    "SwinUnet", "SwinUnetOptions", "UnknownOptionError", "UPSAMPLING_MODES", "DEFAULT_3D_OPTIONS", "fit_window_size", "nearest_valid_sizes",
-    "options_for_plan", "strides_from_pooling",
+    "SwinUnet", "SwinUnetOptions", "UnknownOptionError", "UPSAMPLING_MODES", "DEFAULT_3D_OPTIONS",
+    "fit_window_size", "nearest_valid_sizes", "options_for_plan", "strides_from_pooling",
     # the parts, for tests, the weight loaders and users building their own variants
     "BilinearExpand", "DecoderStage", "EncoderStage", "Mlp", "PatchEmbed", "PatchExpand", "PatchMerging",
     "SwinBlock", "SwinDecoder", "SwinEncoder", "SwinStage", "TransposedConvExpand", "WindowAttention",

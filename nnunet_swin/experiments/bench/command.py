@@ -90,9 +90,9 @@ def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: i
     else:
         print(format_table(results))
         print("train = forward + loss + backward + zero_grad (no optimizer step); act = unique storage saved for "
-              "backward by one image (act+weights also counts the parameters backward holds, as the reference "
-              "notes do); peak = CUDA max allocated or CPU peak RSS growth; with gradient checkpointing act "
-              "counts only what the checkpoints keep; launches = kernel-launching ops of one training step, "
+              "backward by one image (act+weights also counts the parameters backward holds); peak = CUDA max "
+              "allocated or CPU peak RSS growth; with gradient checkpointing act counts only what the checkpoints "
+              "keep; launches = kernel-launching ops of one training step, "
               "aliasing views not counted (count_kernel_launches); compile s = first torch.compile'd step minus "
               "a steady one, cold cache.")
     if with_targets:

@@ -30,7 +30,7 @@ class BenchResult:
     train_cpu_s_per_step: float = math.nan
     infer_ms_per_img: float = math.nan
     saved_act_mb_per_img: float = math.nan
-    saved_total_mb_per_img: float = math.nan  # parameters included, as the reference notes count "saved act."
+    saved_total_mb_per_img: float = math.nan  # the same with the parameters that backward holds on to
     peak_mb: float = math.nan
     tflops: float = math.nan  # achieved fwd+bwd TFLOP/s (3x forward FLOPs)
     rel_time: float = math.nan  # train time / reference train time
