@@ -13,6 +13,7 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -24,6 +25,7 @@ from nnunet_swin.experiments import official_swin_unet as ref
 from nnunet_swin.weights import LoadReport, WeightLoadError, load_official_checkpoint, load_pretrained_encoder
 
 BUFFERS = ("relative_position_index", "attn_mask")
+SMALL = dict(embed_dim=24, num_heads=(1, 2, 4, 8))  # quick to build; what is checked does not depend on width
 AUX_HEADS = ["decoder.seg_layers.1.weight", "decoder.seg_layers.2.weight", "decoder.seg_layers.3.weight"]
 
 
@@ -209,9 +211,10 @@ def test_pickled_code_is_refused(default_model, tmp_path, payload, loader):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"x": os.system} if payload == "function" else {"model": _Payload(str(marker))}, path)
-    with pytest.raises(WeightLoadError, match="weights_only"):
+    refused = r"holds Python objects besides tensors and plain data \(posix\.(system|mkdir)\); they are not unpickled"
+    with pytest.raises(WeightLoadError, match=refused) as err:
         loader(default_model, path)
-    assert not marker.exists()
+    assert not marker.exists() and "weights_only=False" not in str(err.value)
 
 
 def test_missing_file(default_model, tmp_path):
@@ -696,3 +699,69 @@ def test_reference_model_has_the_official_checkpoint_layout(img_size):
         assert b.attn.relative_position_index.dtype == torch.int64
         if b.attn_mask is not None:
             assert set(b.attn_mask.unique().tolist()) <= {0.0, -100.0}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a checkpoint: it is empty (0 bytes)"),
+    (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>", "it is an HTML page, not weights"),
+    (b"  <html lang='en'><body>404</body></html>", "it is an HTML page, not weights"),
+    (b"Access denied\n", "it is a text file beginning 'Access denied\\n'"),
+    ("truncated", "is not a readable PyTorch checkpoint (truncated or corrupt"),
+])
+@pytest.mark.parametrize("loader", [load_official_checkpoint, load_pretrained_encoder])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, content, message, loader):
+    path = tmp_path / "weights.pth"
+    if content == "truncated":
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:600])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightLoadError, match=re.escape(message)) as err:
+        loader(SwinUnet(1, 2, **SMALL), path)
+    assert "weights_only=False" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
+        load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "missing.pth")
+
+
+def _nnunet_checkpoint(weights: dict, trainer: str) -> dict:
+    """What nnU-Net's trainer saves as checkpoint_final.pth: the weights and, beside them, numpy values."""
+    return {"network_weights": weights, "optimizer_state": {"state": {}, "param_groups": []},
+            "grad_scaler_state": None, "logging": {"mean_fg_dice": [np.float64(0.5)], "lrs": [0.01],
+                                                   "train_losses": [np.array(0.3, dtype=np.float32)]},
+            "_best_ema": np.float64(0.4), "current_epoch": 7, "init_args": {"configuration": "2d", "fold": 0},
+            "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1)}
+
+
+def test_own_layout_and_nnunet_checkpoints_are_recognised(tmp_path):
+    """A SwinUnet state dict, bare or as the network weights of nnU-Net's checkpoint_final.pth, loads as it
+    is; the ImageNet loader says what it is and which function loads it; an nnU-Net checkpoint of another
+    network says so."""
+    trained = SwinUnet(1, 2, **SMALL)
+    bare, final = tmp_path / "swinunet.pth", tmp_path / "checkpoint_final.pth"
+    torch.save(trained.state_dict(), bare)
+    torch.save(_nnunet_checkpoint(trained.state_dict(), "nnUNetTrainerSwinUnet"), final)
+    for path in (bare, final):
+        model = SwinUnet(1, 2, **SMALL)
+        report = load_official_checkpoint(model, path)
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+        assert "already in SwinUnet's layout: loaded as it is" in report.notes[0]
+        with pytest.raises(WeightLoadError, match="already in SwinUnet's layout.*nnunet_swin.load_official_checkpoint"):
+            load_pretrained_encoder(model, path)
+    assert "an nnU-Net checkpoint of nnUNetTrainerSwinUnet, epoch 7" in load_official_checkpoint(model, final).notes[0]
+    with pytest.raises(WeightLoadError, match="does not fit this model"):
+        load_official_checkpoint(SwinUnet(1, 3, **SMALL), final)
+    cnn = tmp_path / "cnn.pth"
+    torch.save(_nnunet_checkpoint({"encoder.stages.0.0.convs.0.conv.weight": torch.zeros(2, 1, 3, 3)},
+                                  "nnUNetTrainer"), cnn)
+    for loader in (load_official_checkpoint, load_pretrained_encoder):
+        with pytest.raises(WeightLoadError, match="nnUNetTrainer, epoch 7\\) holds a network that is not a Swin-Unet"):
+            loader(SwinUnet(1, 2, **SMALL), cnn)
+
+
+def test_a_timm_name_that_is_not_swin_is_refused_before_any_download(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("timm.create_model must not be called for a non-Swin name")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(WeightLoadError, match="'resnet50' is not a Swin Transformer.*swin_tiny_patch4_window7_224"):
+        load_pretrained_encoder(SwinUnet(1, 2, **SMALL), "resnet50")
