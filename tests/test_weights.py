@@ -748,6 +748,12 @@ def test_own_layout_and_nnunet_checkpoints_are_recognised(tmp_path):
         with pytest.raises(WeightLoadError, match="already in SwinUnet's layout.*nnunet_swin.load_official_checkpoint"):
             load_pretrained_encoder(model, path)
     assert "an nnU-Net checkpoint of nnUNetTrainerSwinUnet, epoch 7" in load_official_checkpoint(model, final).notes[0]
+    from safetensors.torch import save_file  # the format of timm's and Hugging Face's weight files
+
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "swinunet.safetensors")
+    model = SwinUnet(1, 2, **SMALL)
+    load_official_checkpoint(model, tmp_path / "swinunet.safetensors")
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(WeightLoadError, match="does not fit this model"):
         load_official_checkpoint(SwinUnet(1, 3, **SMALL), final)
     cnn = tmp_path / "cnn.pth"
