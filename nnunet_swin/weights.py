@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -95,8 +96,9 @@ def _read(source: str | os.PathLike | Mapping) -> Mapping:
         except Exception as e:
             raise WeightLoadError(f"{path!r} looks like a safetensors file but cannot be read (truncated or "
                                   f"corrupt?): {e}") from e
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        with torch.serialization.safe_globals(_numpy_data_types()):
+        with allow(_numpy_data_types()) if allow else nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # the pickle names a class or function beyond tensors and plain data
         found = _unsafe_globals(path)
@@ -128,7 +130,8 @@ def _not_a_checkpoint(head: bytes) -> str | None:
 
 def _numpy_data_types() -> list:
     """The numpy types nnU-Net's checkpoints keep beside the weights (logged losses and Dice as numpy
-    scalars and arrays): plain data, which the tensors-only unpickler may rebuild."""
+    scalars and arrays): plain data, which the tensors-only unpickler may rebuild. A torch without
+    ``safe_globals`` (2.4) refuses them, and such a checkpoint is reported as holding Python objects."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core

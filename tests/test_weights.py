@@ -771,3 +771,15 @@ def test_a_timm_name_that_is_not_swin_is_refused_before_any_download(monkeypatch
     monkeypatch.setattr(timm, "create_model", no_download)
     with pytest.raises(WeightLoadError, match="'resnet50' is not a Swin Transformer.*swin_tiny_patch4_window7_224"):
         load_pretrained_encoder(SwinUnet(1, 2, **SMALL), "resnet50")
+
+
+def test_without_safe_globals_an_nnunet_checkpoint_is_refused_by_name(tmp_path, monkeypatch):
+    """torch 2.4 has no ``safe_globals``: plain state dicts still load, and nnU-Net's checkpoint, whose numpy
+    values that torch cannot allow, is refused with the names of what it holds."""
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    trained = SwinUnet(1, 2, **SMALL)
+    torch.save(trained.state_dict(), tmp_path / "bare.pth")
+    load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "bare.pth")
+    torch.save(_nnunet_checkpoint(trained.state_dict(), "nnUNetTrainerSwinUnet"), tmp_path / "final.pth")
+    with pytest.raises(WeightLoadError, match=r"holds Python objects besides tensors and plain data \(numpy\."):
+        load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "final.pth")

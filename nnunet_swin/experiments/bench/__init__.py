@@ -20,7 +20,7 @@ the package, so an installed wheel has it too.
 from nnunet_swin.experiments.bench.command import bench_command
 from nnunet_swin.experiments.bench.complexity import ComplexityRow, complexity_table, format_complexity
 from nnunet_swin.experiments.bench.measure import BenchResult, bench_eager, bench_one, count_kernel_launches, \
-    forward_gmacs, run_bench
+    forward_gmacs, fresh_inductor_cache, run_bench
 from nnunet_swin.experiments.bench.rows import CNN_ROW, CNN_ROW_3D, OFFICIAL_ROW, SWIN_ROW, SWIN_ROW_3D, Candidate, \
     PadToMultiple, candidates, candidates_3d, nnunet_plain_unet, nnunet_plan, swin_plan_options
 from nnunet_swin.experiments.bench.tables import COLUMNS_3D, Target, cpu_targets, format_table, format_targets, \
@@ -29,5 +29,5 @@ from nnunet_swin.experiments.bench.tables import COLUMNS_3D, Target, cpu_targets
 __all__ = ["CNN_ROW", "CNN_ROW_3D", "COLUMNS_3D", "OFFICIAL_ROW", "SWIN_ROW", "SWIN_ROW_3D", "BenchResult", "Candidate",
            "ComplexityRow", "PadToMultiple", "Target", "bench_command", "bench_eager", "bench_one", "candidates",
            "candidates_3d", "complexity_table", "count_kernel_launches", "cpu_targets", "forward_gmacs",
-           "format_complexity", "format_table", "format_targets", "nnunet_plain_unet", "nnunet_plan", "run_bench",
-           "swin_plan_options", "write_results"]
+           "format_complexity", "format_table", "format_targets", "fresh_inductor_cache", "nnunet_plain_unet",
+           "nnunet_plan", "run_bench", "swin_plan_options", "write_results"]

@@ -159,16 +159,22 @@ def _timed_steps(model: nn.Module, run: Callable, x: torch.Tensor, autocast: tor
     return wall, cpu
 
 
+def fresh_inductor_cache():
+    """Inductor's context manager for a cold compile: ``fresh_cache``, or ``fresh_inductor_cache`` in the older
+    torch releases the package supports, before it was renamed."""
+    from torch._inductor import utils
+
+    return (getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache)()
+
+
 def compiled_step(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, warmup: int,
                   repeats: int) -> tuple[float, float, float]:
     """``torch.compile(model)`` as nnU-Net calls it (inductor, graphs may break), compiled cold (a fresh
     inductor cache, dynamo reset): (compile seconds = first step minus the steady step, steady seconds per
     step = median of ``repeats`` after ``warmup`` more, peak memory MB of the steady steps)."""
-    from torch._inductor.utils import fresh_cache
-
     torch._dynamo.reset()
     run = torch.compile(model)
-    with fresh_cache():
+    with fresh_inductor_cache():
         first, _ = _timed_steps(model, run, x, autocast, 1)
         _timed_steps(model, run, x, autocast, warmup)
         baseline = _reset_peak(x.device)
