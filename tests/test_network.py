@@ -537,8 +537,8 @@ def test_the_model_exposes_its_options_strides_windows_and_weight_decay():
 
 
 def test_decoder_is_built_from_the_encoder():
-    encoder = model_module.SwinEncoder(1, network.SwinUnetOptions(**SMALL))
-    decoder = model_module.SwinDecoder(encoder, 2, num_skips=1)
+    encoder = model_module.SwinEncoder(1, network.SwinUnetOptions(num_skips=1, **SMALL))
+    decoder = model_module.SwinDecoder(encoder, 2)
     reference = SwinUnet(1, 2, num_skips=1, **SMALL).decoder
     assert {k: v.shape for k, v in decoder.state_dict().items()} == \
            {k: v.shape for k, v in reference.state_dict().items()}

@@ -130,8 +130,9 @@ class SwinEncoder(nn.Module):
 class SwinDecoder(nn.Module):
     """Mirror of the encoder, built from it: a bare expand from the bottleneck, then three stages of skip
     fusion, Swin blocks and expand (each by the stride of the encoder's merging at that scale), then
-    LayerNorm, the final expand by the patch size and a bias-free 1x1 head. Widths, depths, heads, windows,
-    drop-path rates and strides are the encoder's; ``num_skips`` and ``upsampling`` are the decoder's own.
+    LayerNorm, the final expand by the patch size and a bias-free 1x1 head. Everything it needs is in the
+    encoder's options (widths, depths, heads, windows, strides, and the decoder's own ``num_skips`` and
+    ``upsampling``) and drop-path rates.
 
     ``deep_supervision`` is a plain attribute (nnU-Net's trainer sets it): when True, ``forward``
     returns logits at full size and at the three finest token scales (1/4, 1/8, 1/16 of the input with
@@ -139,12 +140,12 @@ class SwinDecoder(nn.Module):
     exist either way, so checkpoints load with it on or off.
     """
 
-    def __init__(self, encoder: SwinEncoder, num_classes: int, *, num_skips: int = 3,
-                 upsampling: str = "patch_expand", deep_supervision: bool = False):
+    def __init__(self, encoder: SwinEncoder, num_classes: int, deep_supervision: bool = False):
         super().__init__()
+        options = encoder.options
+        num_skips, upsampling = options.num_skips, options.upsampling
         self.deep_supervision = deep_supervision
         self.num_skips = num_skips
-        options = encoder.options
         embed_dim = options.embed_dim
         stages = []
         for i in range(NUM_STAGES):  # i = 0 at the bottleneck ... i = 3 at the finest token scale
@@ -258,8 +259,7 @@ class SwinUnet(nn.Module):
         self.size_multiple = opts.size_multiple
         self.output_strides = opts.output_strides
         self.encoder = SwinEncoder(input_channels, opts)
-        self.decoder = SwinDecoder(self.encoder, num_classes, num_skips=opts.num_skips, upsampling=opts.upsampling,
-                                   deep_supervision=deep_supervision)
+        self.decoder = SwinDecoder(self.encoder, num_classes, deep_supervision)
         #: Every Swin block, encoder first; one keep probability per residual of each block that drops paths.
         self._swin_blocks = tuple(m for m in self.modules() if isinstance(m, SwinBlock))
         keep = [1.0 - b.drop_prob for b in self._swin_blocks if b.drop_prob for _ in range(2)]

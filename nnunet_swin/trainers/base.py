@@ -202,6 +202,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                 f"nnUNetv2_predict use {new}. Preprocessed data is unchanged (nnU-Net pads images smaller than "
                 f"the patch).")
 
+    # --- network: the one hook a subclass overrides, then what follows from it ---------------------------
     @classmethod
     def network_kwargs(cls, configuration_manager: ConfigurationManager | None = None) -> dict[str, Any]:
         """The one hook for a subclass that wants another network: SwinUnet's keyword options
