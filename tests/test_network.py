@@ -515,6 +515,11 @@ def test_misspelt_option_is_named_with_the_closest_valid_one():
                                      "SwinUnet's options are: spatial_dims, patch_size, merge_strides")
 
 
+def test_an_option_of_the_wrong_type_is_named():
+    with pytest.raises(TypeError, match="embed_dim must be an int, got '96'"):
+        SwinUnet(1, 2, embed_dim="96")
+
+
 def test_the_model_exposes_its_options_strides_windows_and_weight_decay():
     """What trainers and weight loaders read instead of reaching into submodules."""
     model = SwinUnet(1, 2, spatial_dims=3, patch_size=(1, 4, 4), merge_strides=[2, (1, 2, 2), 2], window_size=(2, 7, 7),

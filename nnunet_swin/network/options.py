@@ -74,6 +74,12 @@ class SwinUnetOptions:
         return cls(**options)
 
     def __post_init__(self) -> None:
+        for name, kind, what in (("spatial_dims", int, "an int"), ("embed_dim", int, "an int"),
+                                 ("num_skips", int, "an int"), ("mlp_ratio", (int, float), "a number"),
+                                 ("drop_path_rate", (int, float), "a number"), ("upsampling", str, "a string")):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError(f"{name} must be {what}, got {value!r}")
         dims = self.spatial_dims
         if dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {dims!r}")
