@@ -138,9 +138,6 @@ def bench_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="on the CPU also measure torch.compile (compile seconds, compiled step) for the CNN and "
                         "the default SwinUnet (always on with --device cuda)")
-    p.add_argument("--official", metavar="PY",
-                   help="the official Swin-Unet's reference implementation for its row (default: "
-                        "tests/official_reference.py of the checkout this runs from, if there)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", help="write OUT.csv and OUT.json (and OUT.png with --png)")
     p.add_argument("--png", action="store_true", help="also plot the table to OUT.png")
@@ -152,7 +149,7 @@ def bench_parser(sub) -> argparse.ArgumentParser:
 
         return bench_command(args.device, tuple(args.patch), args.batch, args.in_channels, args.classes,
                              args.warmup, args.repeats, args.only, args.compile, args.threads, args.out,
-                             args.png, args.complexity, args.skip, args.official, args.spacing)
+                             args.png, args.complexity, args.skip, args.spacing)
 
     p.set_defaults(func=run)
     return p

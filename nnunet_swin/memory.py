@@ -32,7 +32,7 @@ def _saved_storages(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | N
 
 def saved_bytes(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None = None) -> tuple[int, int]:
     """Unique storage bytes kept for backward by one forward: activations only, and including the
-    parameters that backward also holds on to (how ../shared/reference counts "saved act.")."""
+    parameters that backward also holds on to (bench's "act+weights" column)."""
     seen, _ = _saved_storages(model, x, autocast)
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     return sum(n for key, n in seen.items() if key not in params), sum(seen.values())

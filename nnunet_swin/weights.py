@@ -9,8 +9,10 @@ and returns a :class:`LoadReport`.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -72,16 +74,81 @@ def _collapse(keys: list[str]) -> list[str]:
 
 
 def _read(source: str | os.PathLike | Mapping) -> Mapping:
+    """The checkpoint at ``source`` (a mapping is returned as it is). A file that is not a checkpoint (empty,
+    a web page, text, truncated) or that holds Python objects the tensors-only unpickler refuses raises
+    WeightLoadError saying which; a missing file raises FileNotFoundError."""
     if isinstance(source, Mapping):
         return source
     path = os.fspath(source)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+        raise FileNotFoundError(f"no checkpoint file at {path!r}" + (" (that is a folder)" if os.path.isdir(path)
+                                                                     else ""))
+    with open(path, "rb") as f:
+        head = f.read(512)
+    not_one = _not_a_checkpoint(head)
+    if not_one:
+        raise WeightLoadError(f"{path!r} is not a checkpoint: it is {not_one}; download or copy the file again")
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        from safetensors.torch import load_file  # timm's dependency
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:
+            raise WeightLoadError(f"{path!r} looks like a safetensors file but cannot be read (truncated or "
+                                  f"corrupt?): {e}") from e
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an unpickling error means the file holds more than tensors
-        raise WeightLoadError(f"could not read {path!r} as a tensors-only checkpoint "
-                              f"(torch.load(weights_only=True)): {e}") from e
+        with allow(_numpy_data_types()) if allow else nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the pickle names a class or function beyond tensors and plain data
+        found = _unsafe_globals(path)
+        raise WeightLoadError(
+            f"{path!r} holds Python objects besides tensors and plain data ({found}); they are not unpickled here, "
+            f"since unpickling them can run any code. Where the file was made, save the weights alone: "
+            f"torch.save(model.state_dict(), path)") from e
+    except Exception as e:
+        raise WeightLoadError(f"{path!r} is not a readable PyTorch checkpoint (truncated or corrupt, e.g. an "
+                              f"interrupted download?): {_first_line(e)}") from e
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """What the first bytes of a file say it is when it cannot be a checkpoint (None when it may be one)."""
+    if not head:
+        return "empty (0 bytes)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (text[:1] == b"<" and b"<html" in text):
+        return ("an HTML page, not weights (a download that saved a web page, e.g. a login, error or redirect "
+                "page, instead of the file)")
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[8:9] == b"{":  # torch zip, torch pickle, safetensors
+        return None
+    try:
+        snippet = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return f"a text file beginning {snippet[:60]!r}"
+
+
+def _numpy_data_types() -> list:
+    """The numpy types nnU-Net's checkpoints keep beside the weights (logged losses and Dice as numpy
+    scalars and arrays): plain data, which the tensors-only unpickler may rebuild. A torch without
+    ``safe_globals`` (2.4) refuses them, and such a checkpoint is reported as holding Python objects."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct, *dtypes]
+
+
+
+def _unsafe_globals(path: str) -> str:
+    try:
+        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown"
+    except Exception:  # not a zip checkpoint: torch cannot list them
+        return "classes or functions the file names"
+
+
+def _first_line(e: Exception) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _unwrap(checkpoint: Mapping) -> StateDict:
@@ -89,6 +156,39 @@ def _unwrap(checkpoint: Mapping) -> StateDict:
         if key in checkpoint and isinstance(checkpoint[key], Mapping):
             checkpoint = checkpoint[key]
     return dict(checkpoint)
+
+
+def _origin(source: str | os.PathLike | Mapping, checkpoint: Mapping) -> str:
+    """How messages name the source: the file, and an nnU-Net checkpoint's trainer."""
+    where = "the state dict" if isinstance(source, Mapping) else repr(os.fspath(source))
+    if "network_weights" in checkpoint and "trainer_name" in checkpoint:
+        return (f"{where} (an nnU-Net checkpoint of {checkpoint['trainer_name']}, "
+                f"epoch {checkpoint.get('current_epoch', '?')})")
+    return where
+
+
+def _own_layout(state_dict: Mapping) -> bool:
+    """Whether the tensors are already named as SwinUnet's (this package's state dicts, the network weights of
+    an nnU-Net checkpoint of a Swin-Unet trainer)."""
+    return "encoder.patch_embed.proj.weight" in state_dict
+
+
+def _check_not_another_network(checkpoint: Mapping, state_dict: Mapping, origin: str) -> None:
+    """An nnU-Net checkpoint of a network that is not Swin-Unet (its CNN, say) holds no weights for it."""
+    if "network_weights" in checkpoint and not _own_layout(state_dict):
+        first = ", ".join(list(state_dict)[:3])
+        raise WeightLoadError(f"{origin} holds a network that is not a Swin-Unet (its first tensors: {first}); "
+                              f"give a checkpoint of a Swin-Unet trainer")
+
+
+def _load_own_layout(model: SwinUnet, state_dict: StateDict, origin: str) -> LoadReport:
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise WeightLoadError(f"{origin} is in SwinUnet's own layout but does not fit this model (built with other "
+                              f"options?): {e}") from e
+    return LoadReport(loaded=list(model.state_dict()),
+                      notes=[f"source: {origin}, already in SwinUnet's layout: loaded as it is (strict)"])
 
 
 def _rename_official(key: str) -> str | None:
@@ -176,7 +276,7 @@ def _official_name(ours: str) -> str:
 
 def _hint(key: str, model: SwinUnet) -> str:
     if ".fuse." in key:
-        return f"the checkpoint has this skip fusion but the model has num_skips={model.decoder.num_skips}"
+        return f"the checkpoint has this skip fusion but the model has num_skips={model.options.num_skips}"
     if ".blocks." in key:
         return "the checkpoint has more Swin blocks than the model's depths"
     return "different architecture"
@@ -196,13 +296,20 @@ def _shape_hint(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> str:
 
 def load_official_checkpoint(model: SwinUnet, source: str | os.PathLike | Mapping) -> LoadReport:
     """Load a checkpoint saved by the official Swin-Unet training code (keys prefixed ``swin_unet.``,
-    ``module.swin_unet.`` or bare) into ``model``, which must be built with the same settings.
+    ``module.swin_unet.`` or bare) into ``model``, which must be built with the same settings. A state dict
+    already in SwinUnet's own layout (``model.state_dict()``, or the ``network_weights`` of an nnU-Net
+    ``checkpoint_final.pth`` of a Swin-Unet trainer) is loaded as it is, strictly.
 
     Every checkpoint tensor maps to exactly one of ours; the persisted index and shift-mask buffers
     are checked against the model's geometry. Our auxiliary deep-supervision heads, which the
     official model does not have, stay at their initialisation (listed in ``report.random``).
     """
-    state_dict = _unwrap(_read(source))
+    checkpoint = _read(source)
+    state_dict = _unwrap(checkpoint)
+    origin = _origin(source, checkpoint)
+    if _own_layout(state_dict):
+        return _load_own_layout(model, state_dict, origin)
+    _check_not_another_network(checkpoint, state_dict, origin)
     mapped, report = official_to_swinunet(model, state_dict)
     model.load_state_dict(mapped, strict=False)
     return report
@@ -214,14 +321,27 @@ def load_official_checkpoint(model: SwinUnet, source: str | os.PathLike | Mappin
 
 def _source_state_dict(source: str | os.PathLike | Mapping) -> tuple[StateDict, str]:
     if isinstance(source, Mapping) or os.path.isfile(os.fspath(source)):
-        return _unwrap(_read(source)), "file" if not isinstance(source, Mapping) else "state dict"
+        checkpoint = _read(source)
+        state_dict, origin = _unwrap(checkpoint), _origin(source, checkpoint)
+        if _own_layout(state_dict):
+            raise WeightLoadError(
+                f"{origin} is already in SwinUnet's layout (a Swin-Unet trained here), not an ImageNet Swin "
+                f"encoder: load it whole with nnunet_swin.load_official_checkpoint(model, path), or fine-tune from "
+                f"it with nnUNetv2_train ... -pretrained_weights path")
+        _check_not_another_network(checkpoint, state_dict, origin)
+        return state_dict, "file" if not isinstance(source, Mapping) else "state dict"
     name = os.fspath(source)
     import timm  # only needed for model names
 
+    swin_names = timm.list_models(module="swin_transformer")
     if not timm.is_model(name.split(".")[0]):
         raise FileNotFoundError(f"{name!r} is neither a file nor a timm model name; give the path of a Swin "
                                 f"checkpoint (Microsoft release .pth or timm state dict) or a timm name such as "
                                 f"'swin_tiny_patch4_window7_224.ms_in1k'")
+    if name.split(".")[0] not in swin_names:
+        raise WeightLoadError(f"timm model {name!r} is not a Swin Transformer, whose weights are the only ones the "
+                              f"encoder takes; timm names that work: {', '.join(swin_names)} (with a tag such as "
+                              f"'.ms_in1k'), or the path of a Swin checkpoint file")
     try:
         return timm.create_model(name, pretrained=True).state_dict(), f"timm:{name}"
     except Exception as e:
@@ -256,8 +376,8 @@ def _to_timm_layout(state_dict: StateDict, model: SwinUnet, config: dict) -> Sta
     import timm
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    window = model.encoder.stages[0].blocks[0].attn.window_size[-2:]
-    patch = model.encoder.patch_embed.proj.kernel_size[-2:]
+    window = model.options.window_size[-2:]
+    patch = model.options.patch_size[-2:]
     skeleton = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, device="meta", num_classes=0, **config,
         window_size=window, patch_size=patch,
@@ -290,19 +410,19 @@ def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.T
 
     Returns the tensor and how it was inflated (None when unchanged)."""
     if target == "encoder.patch_embed.proj.weight":
-        depth = model.encoder.patch_embed.proj.kernel_size[0]
+        depth = model.options.patch_size[0]
         return (value[:, :, None].expand(-1, -1, depth, -1, -1) / depth,
                 f"inflated to a 3D kernel of depth {depth}: the 2D kernel replicated along depth and divided "
                 f"by {depth}")
     if target.endswith("relative_position_bias_table"):
-        offsets = 2 * model.get_submodule(target.rsplit(".", 1)[0]).window_size[0] - 1
+        offsets = 2 * model.options.window_size[0] - 1
         if offsets == 1:
             return value, None
         return value.repeat(offsets, 1), (f"inflated: the 2D table repeated for each of the {offsets} depth offsets "
                                           f"{tuple(value.shape)} -> ({offsets * value.shape[0]}, {value.shape[1]})")
     m = _MERGE_KEY.match(target)
     if m:
-        depth = model.encoder.stages[int(m.group(1))].downsample.stride[0]
+        depth = model.options.merge_strides[int(m.group(1))][0]
         if depth == 1:
             return value, None
         blocks = value.unflatten(-1, (4, 1, -1)).expand(*value.shape[:-1], 4, depth, -1)
@@ -315,7 +435,7 @@ def _inflate(model: SwinUnet, target: str, value: torch.Tensor) -> tuple[torch.T
 
 def _merge_without_counterpart(model: SwinUnet, stage: int) -> str | None:
     """Why the 2D 2x2 merging has no counterpart in our merging after ``stage`` (None when it has one)."""
-    stride = model.encoder.stages[stage].downsample.stride
+    stride = model.options.merge_strides[stage]
     if stride[-2:] == (2, 2):
         return None
     return (f"our merging after stage {stage} has stride {list(stride)}, not 2x2 in-plane (a plan with fewer "
@@ -351,9 +471,9 @@ def load_pretrained_encoder(model: SwinUnet, source: str | os.PathLike | Mapping
     if model.spatial_dims == 3:
         report.notes.append(
             f"2D weights inflated along depth (the first axis) for this 3D model: patch kernel of depth "
-            f"{model.encoder.patch_embed.proj.kernel_size[0]}, relative-position tables over "
-            f"{2 * model.encoder.stages[0].blocks[0].attn.window_size[0] - 1} depth offsets, mergings of depth "
-            f"strides {[stage.downsample.stride[0] for stage in model.encoder.stages[:-1]]}; a volume constant "
+            f"{model.options.patch_size[0]}, relative-position tables over "
+            f"{2 * model.options.window_size[0] - 1} depth offsets, mergings of depth "
+            f"strides {[m[0] for m in model.options.merge_strides]}; a volume constant "
             f"along depth gives the 2D encoder's features on every slice")
     converted = _to_timm_layout(raw, model, config)
     for k in raw:

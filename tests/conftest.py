@@ -1,6 +1,6 @@
-"""Suite-wide: the slowest test files start first, so the two xdist workers (pyproject addopts, one file per
+"""Suite-wide: the slowest test files start first, so the xdist workers (pyproject addopts, one file per
 worker, xdist's own reordering off) finish together instead of one running nnU-Net's 5-fold test alone at
-the end (that tail made the suite 20 min 08 s on 2 cores)."""
+the end."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ from nnunet_swin.network import strides_from_pooling
 
 
 def test_saved_activation_memory_of_the_default_model():
-    """The memory target of the performance issue, counted as the reference notes count it
-    (parameters included): the official model saves 303 MB per 224x224 image, ours must save <= 250 MB."""
+    """The memory target, parameters that backward holds included: the official model saves 303 MB per
+    224x224 image, ours must save <= 250 MB."""
     act, total = saved_bytes(SwinUnet(1, 9), torch.randn(1, 1, 224, 224))
     assert total / 2**20 <= 250
     ckpt_act, _ = saved_bytes(SwinUnet(1, 9, gradient_checkpointing=True), torch.randn(1, 1, 224, 224))

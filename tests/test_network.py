@@ -449,8 +449,8 @@ def test_recomputed_norms_give_exact_gradients():
 
 def test_recomputation_in_backward_runs_under_the_forwards_autocast():
     """Backward runs outside autocast. The LayerNorm recomputed there must see the forward's autocast state:
-    without it, on CUDA, bf16 activations meet fp32 norm weights and layer_norm raises (found on an H200;
-    the CPU's layer_norm accepts the mix, so the state itself is checked here)."""
+    without it, on CUDA, bf16 activations meet fp32 norm weights and layer_norm raises (the
+    CPU's layer_norm accepts the mix, so the state itself is checked here)."""
     seen = []
 
     def spy_norm(x, weight, bias):
@@ -505,3 +505,47 @@ def test_package_exports_the_public_api_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "SwinUnet"
+
+
+def test_misspelt_option_is_named_with_the_closest_valid_one():
+    with pytest.raises(network.UnknownOptionError) as err:
+        SwinUnet(1, 2, window_sise=8, **SMALL)
+    assert isinstance(err.value, TypeError) and err.value.names == ["window_sise"]
+    assert str(err.value).startswith("unknown SwinUnet option 'window_sise' (did you mean 'window_size'?). "
+                                     "SwinUnet's options are: spatial_dims, patch_size, merge_strides")
+
+
+def test_an_option_of_the_wrong_type_is_named():
+    with pytest.raises(TypeError, match="embed_dim must be an int, got '96'"):
+        SwinUnet(1, 2, embed_dim="96")
+
+
+def test_the_model_exposes_its_options_strides_windows_and_weight_decay():
+    """What trainers and weight loaders read instead of reaching into submodules."""
+    model = SwinUnet(1, 2, spatial_dims=3, patch_size=(1, 4, 4), merge_strides=[2, (1, 2, 2), 2], window_size=(2, 7, 7),
+                     **SMALL)
+    assert model.options.patch_size == (1, 4, 4) and model.options.merge_strides == ((2, 2, 2), (1, 2, 2), (2, 2, 2))
+    assert model.options.as_dict()["window_size"] == [2, 7, 7] and model.options.embed_dim == 24
+    assert model.stage_strides == ((1, 4, 4), (2, 8, 8), (2, 16, 16), (4, 32, 32))
+    assert model.size_multiple == (4, 32, 32)
+    assert model.stage_windows == ((2, 7, 7),) * 4
+    assert [s.blocks[0].window_size for s in model.encoder.stages] == list(model.stage_windows)
+    # rebuilt from its resolved options it is the same network
+    again = SwinUnet(1, 2, **model.options.as_dict())
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    skip = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert skip == {n for n, p in params.items() if p.ndim <= 1 or "relative_position_bias_table" in n}
+    assert "encoder.stages.0.blocks.0.attn.relative_position_bias_table" in skip
+    assert "decoder.stages.1.fuse.bias" in skip and "encoder.norm.weight" in skip
+    assert "encoder.stages.0.blocks.0.attn.qkv.weight" not in skip
+
+
+def test_decoder_is_built_from_the_encoder():
+    encoder = model_module.SwinEncoder(1, network.SwinUnetOptions(num_skips=1, **SMALL))
+    decoder = model_module.SwinDecoder(encoder, 2)
+    reference = SwinUnet(1, 2, num_skips=1, **SMALL).decoder
+    assert {k: v.shape for k, v in decoder.state_dict().items()} == \
+           {k: v.shape for k, v in reference.state_dict().items()}
+    assert [len(s.blocks) for s in decoder.stages] == [0, 2, 2, 2]
+    assert [s.fuse is not None for s in decoder.stages] == [False, False, False, True]

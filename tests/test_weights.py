@@ -1,6 +1,7 @@
 """Weight loading: official Swin-Unet checkpoints, ImageNet Swin encoders, round trips.
 
-The official model is ``official_reference`` (an independent re-implementation); the ImageNet encoder
+The official model is ``nnunet_swin.experiments.official_swin_unet`` (an independent re-implementation,
+checked here against the official checkpoint layout); the ImageNet encoder
 is timm's Swin-T with random (non-trivial) weights, so nothing is downloaded. Every check compares
 values, never just "it runs".
 """
@@ -12,25 +13,27 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 import timm
 import torch
 from timm.layers import resize_rel_pos_bias_table
 from torch import nn
 
-import official_reference as ref
 from nnunet_swin import SwinUnet
+from nnunet_swin.experiments import official_swin_unet as ref
 from nnunet_swin.weights import LoadReport, WeightLoadError, load_official_checkpoint, load_pretrained_encoder
 
 BUFFERS = ("relative_position_index", "attn_mask")
+SMALL = dict(embed_dim=24, num_heads=(1, 2, 4, 8))  # quick to build; what is checked does not depend on width
 AUX_HEADS = ["decoder.seg_layers.1.weight", "decoder.seg_layers.2.weight", "decoder.seg_layers.3.weight"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """These tests run a few large single-image forwards on a shared 2-core machine; there, two intra-op
-    threads spin-wait on each other and cost ~5x the CPU time of one (measured: 275 s vs 55 s for this
-    file at load 10). Restored afterwards, so other test modules keep their setting."""
+    """These tests run a few large single-image forwards; on a machine whose cores are busy, two intra-op
+    threads spin-wait on each other and cost several times the CPU time of one. Restored afterwards, so
+    other test modules keep their setting."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -208,9 +211,10 @@ def test_pickled_code_is_refused(default_model, tmp_path, payload, loader):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"x": os.system} if payload == "function" else {"model": _Payload(str(marker))}, path)
-    with pytest.raises(WeightLoadError, match="weights_only"):
+    refused = r"holds Python objects besides tensors and plain data \(posix\.(system|mkdir)\); they are not unpickled"
+    with pytest.raises(WeightLoadError, match=refused) as err:
         loader(default_model, path)
-    assert not marker.exists()
+    assert not marker.exists() and "weights_only=False" not in str(err.value)
 
 
 def test_missing_file(default_model, tmp_path):
@@ -619,3 +623,163 @@ def test_merging_without_in_plane_counterpart_stays_random(sources, spatial_dims
         ours = model.encoder(x if spatial_dims == 2 else depth_constant(x, 8))[:2]
     for a, b in zip(flat, ours):
         assert rel_err(b, a if spatial_dims == 2 else depth_constant(a, b.shape[2])) < 1e-5
+
+
+def _official_keys(img_size: int, depths: tuple[int, ...] = (2, 2, 2, 2), window: int = 7) -> list[str]:
+    """The official checkpoint's keys in state-dict order, generated from their patterns."""
+    block = ["norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.relative_position_index",
+             "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight",
+             "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+
+    def stage(prefix: str, depth: int, res: int) -> list[str]:
+        out = []
+        for j in range(depth):
+            if j % 2 == 1 and res > window:
+                out.append(f"{prefix}.blocks.{j}.attn_mask")
+            out += [f"{prefix}.blocks.{j}.{k}" for k in block]
+        return out
+
+    r = img_size // 4
+    keys = ["patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias"]
+    for i in range(4):
+        keys += stage(f"layers.{i}", depths[i], r // 2 ** i)
+        if i < 3:
+            keys += [f"layers.{i}.downsample.{k}" for k in ("reduction.weight", "norm.weight", "norm.bias")]
+    keys += ["layers_up.0.expand.weight", "layers_up.0.norm.weight", "layers_up.0.norm.bias"]
+    for i in range(1, 4):
+        keys += stage(f"layers_up.{i}", depths[3 - i], r // 2 ** (3 - i))
+        if i < 3:
+            keys += [f"layers_up.{i}.upsample.{k}" for k in ("expand.weight", "norm.weight", "norm.bias")]
+    keys += [f"concat_back_dim.{i}.{k}" for i in range(1, 4) for k in ("weight", "bias")]
+    keys += ["norm.weight", "norm.bias", "norm_up.weight", "norm_up.bias", "up.expand.weight", "up.norm.weight",
+             "up.norm.bias", "output.weight"]
+    return keys
+
+
+@pytest.mark.parametrize("img_size", [224, 448])
+def test_reference_model_has_the_official_checkpoint_layout(img_size):
+    """The reference's keys in the official order, its parameter counts per module and the sample shapes of
+    the official Swin-T Synapse checkpoint, so official weights load into it strictly."""
+    model = ref.build_official(img_size)
+    sd = model.state_dict()
+    assert list(sd.keys()) == _official_keys(img_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 27_168_900, n_params
+    assert not list(model.concat_back_dim[0].parameters())
+    if img_size == 224:
+        assert len(sd) == 238 and len(sd) - len(list(model.parameters())) == 20
+        samples = {  # the official checkpoint's shapes
+            "patch_embed.proj.weight": (96, 3, 4, 4), "layers.0.blocks.1.attn_mask": (64, 49, 49),
+            "layers.1.blocks.1.attn_mask": (16, 49, 49), "layers.2.blocks.1.attn_mask": (4, 49, 49),
+            "layers.0.blocks.0.attn.relative_position_bias_table": (169, 3),
+            "layers.3.blocks.1.attn.relative_position_index": (49, 49),
+            "layers.3.blocks.1.attn.qkv.weight": (2304, 768),
+            "layers.2.downsample.reduction.weight": (768, 1536), "layers.1.downsample.norm.weight": (768,),
+            "layers_up.0.expand.weight": (1536, 768), "layers_up.0.norm.weight": (384,),
+            "layers_up.1.upsample.expand.weight": (768, 384), "layers_up.2.upsample.norm.bias": (96,),
+            "layers_up.3.blocks.1.attn_mask": (64, 49, 49), "layers_up.1.blocks.1.attn_mask": (4, 49, 49),
+            "concat_back_dim.1.weight": (384, 768), "concat_back_dim.3.bias": (96,),
+            "up.expand.weight": (1536, 96), "output.weight": (9, 96, 1, 1), "norm.weight": (768,),
+        }
+        for k, shape in samples.items():
+            assert tuple(sd[k].shape) == shape, (k, tuple(sd[k].shape), shape)
+        per_module = {"patch_embed": 4_896, "layers.0": 299_190, "layers.1": 1_188_204, "layers.2": 4_735_704,
+                      "layers.3": 14_183_856, "layers_up.0": 1_180_416, "layers_up.1": 3_848_280,
+                      "layers_up.2": 965_676, "layers_up.3": 224_694, "concat_back_dim.1": 295_296,
+                      "concat_back_dim.2": 73_920, "concat_back_dim.3": 18_528, "norm": 1_536, "norm_up": 192,
+                      "up": 147_648, "output": 864}
+        for name, n in per_module.items():
+            got = sum(p.numel() for p in model.get_submodule(name).parameters())
+            assert got == n, (name, got, n)
+        n1 = sum(p.numel() for p in ref.build_official(224, in_chans=1).parameters())
+        assert n1 == 27_165_828, n1
+    blocks = [b for b in model.modules() if isinstance(b, ref.SwinBlock)]
+    assert len(blocks) == 14
+    for b in blocks:
+        assert b.attn.relative_position_index.dtype == torch.int64
+        if b.attn_mask is not None:
+            assert set(b.attn_mask.unique().tolist()) <= {0.0, -100.0}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a checkpoint: it is empty (0 bytes)"),
+    (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>", "it is an HTML page, not weights"),
+    (b"  <html lang='en'><body>404</body></html>", "it is an HTML page, not weights"),
+    (b"Access denied\n", "it is a text file beginning 'Access denied\\n'"),
+    ("truncated", "is not a readable PyTorch checkpoint (truncated or corrupt"),
+])
+@pytest.mark.parametrize("loader", [load_official_checkpoint, load_pretrained_encoder])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, content, message, loader):
+    path = tmp_path / "weights.pth"
+    if content == "truncated":
+        torch.save({"w": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:600])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(WeightLoadError, match=re.escape(message)) as err:
+        loader(SwinUnet(1, 2, **SMALL), path)
+    assert "weights_only=False" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
+        load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "missing.pth")
+
+
+def _nnunet_checkpoint(weights: dict, trainer: str) -> dict:
+    """What nnU-Net's trainer saves as checkpoint_final.pth: the weights and, beside them, numpy values."""
+    return {"network_weights": weights, "optimizer_state": {"state": {}, "param_groups": []},
+            "grad_scaler_state": None, "logging": {"mean_fg_dice": [np.float64(0.5)], "lrs": [0.01],
+                                                   "train_losses": [np.array(0.3, dtype=np.float32)]},
+            "_best_ema": np.float64(0.4), "current_epoch": 7, "init_args": {"configuration": "2d", "fold": 0},
+            "trainer_name": trainer, "inference_allowed_mirroring_axes": (0, 1)}
+
+
+def test_own_layout_and_nnunet_checkpoints_are_recognised(tmp_path):
+    """A SwinUnet state dict, bare or as the network weights of nnU-Net's checkpoint_final.pth, loads as it
+    is; the ImageNet loader says what it is and which function loads it; an nnU-Net checkpoint of another
+    network says so."""
+    trained = SwinUnet(1, 2, **SMALL)
+    bare, final = tmp_path / "swinunet.pth", tmp_path / "checkpoint_final.pth"
+    torch.save(trained.state_dict(), bare)
+    torch.save(_nnunet_checkpoint(trained.state_dict(), "nnUNetTrainerSwinUnet"), final)
+    for path in (bare, final):
+        model = SwinUnet(1, 2, **SMALL)
+        report = load_official_checkpoint(model, path)
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+        assert "already in SwinUnet's layout: loaded as it is" in report.notes[0]
+        with pytest.raises(WeightLoadError, match="already in SwinUnet's layout.*nnunet_swin.load_official_checkpoint"):
+            load_pretrained_encoder(model, path)
+    assert "an nnU-Net checkpoint of nnUNetTrainerSwinUnet, epoch 7" in load_official_checkpoint(model, final).notes[0]
+    from safetensors.torch import save_file  # the format of timm's and Hugging Face's weight files
+
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, tmp_path / "swinunet.safetensors")
+    model = SwinUnet(1, 2, **SMALL)
+    load_official_checkpoint(model, tmp_path / "swinunet.safetensors")
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(WeightLoadError, match="does not fit this model"):
+        load_official_checkpoint(SwinUnet(1, 3, **SMALL), final)
+    cnn = tmp_path / "cnn.pth"
+    torch.save(_nnunet_checkpoint({"encoder.stages.0.0.convs.0.conv.weight": torch.zeros(2, 1, 3, 3)},
+                                  "nnUNetTrainer"), cnn)
+    for loader in (load_official_checkpoint, load_pretrained_encoder):
+        with pytest.raises(WeightLoadError, match="nnUNetTrainer, epoch 7\\) holds a network that is not a Swin-Unet"):
+            loader(SwinUnet(1, 2, **SMALL), cnn)
+
+
+def test_a_timm_name_that_is_not_swin_is_refused_before_any_download(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("timm.create_model must not be called for a non-Swin name")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(WeightLoadError, match="'resnet50' is not a Swin Transformer.*swin_tiny_patch4_window7_224"):
+        load_pretrained_encoder(SwinUnet(1, 2, **SMALL), "resnet50")
+
+
+def test_without_safe_globals_an_nnunet_checkpoint_is_refused_by_name(tmp_path, monkeypatch):
+    """torch 2.4 has no ``safe_globals``: plain state dicts still load, and nnU-Net's checkpoint, whose numpy
+    values that torch cannot allow, is refused with the names of what it holds."""
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    trained = SwinUnet(1, 2, **SMALL)
+    torch.save(trained.state_dict(), tmp_path / "bare.pth")
+    load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "bare.pth")
+    torch.save(_nnunet_checkpoint(trained.state_dict(), "nnUNetTrainerSwinUnet"), tmp_path / "final.pth")
+    with pytest.raises(WeightLoadError, match=r"holds Python objects besides tensors and plain data \(numpy\."):
+        load_official_checkpoint(SwinUnet(1, 2, **SMALL), tmp_path / "final.pth")

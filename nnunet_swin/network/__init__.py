@@ -4,9 +4,10 @@ With default options this computes what the official ``SwinTransformerSys`` comp
 official code accepts (224 and 448 at window 7, ...), and it also runs at any size whose sides are
 multiples of the network's ``size_multiple`` (32 by default): a stage that does not tile into windows is
 padded at the end of each axis first and then cyclically shifted on the padded map (the order of Swin's
-segmentation code and timm), and the padding tokens are masked out of attention, so they never change
-the result of real tokens. With ``spatial_dims=3`` every stride, window and mask is per axis, so
-nnU-Net's anisotropic 3D plans keep their thick-slice axis (``strides_from_pooling``).
+detection and segmentation code; timm 1.0 rolls before it pads), and the padding tokens are masked out of
+attention (timm masks none), so they never change the result of real tokens. With ``spatial_dims=3``
+every stride, window and mask is per axis, so nnU-Net's anisotropic 3D plans keep their thick-slice axis
+(``strides_from_pooling``).
 
 Speed and memory: tokens are kept channels-last (B, *sizes, C) from the patch embedding to the head
 (channels-first at the module boundary only); pad, roll and window partition are one gather each way
@@ -19,9 +20,10 @@ graph breaks.
 
 One module per part: ``ops`` (custom autograd functions, window attention), ``geometry`` (windows,
 shifts, padding, masks and their cache), ``blocks`` (attention, block, embedding, merging, expanding),
-``model`` (stages, encoder, decoder, ``SwinUnet``), ``plans`` (sizes and nnU-Net plans to strides and
-windows). The package imports torch and timm layers only (never nnU-Net), so it can be used and tested
-alone.
+``options`` (``SwinUnetOptions``: the keyword options checked and resolved, and the strides and windows
+they give), ``model`` (stages, encoder, decoder built from the encoder, ``SwinUnet``), ``plans`` (sizes
+and nnU-Net plans to strides and windows). The package imports torch and timm layers only (never
+nnU-Net), so it can be used and tested alone.
 """
 
 from nnunet_swin.network.blocks import (
@@ -50,6 +52,7 @@ from nnunet_swin.network.geometry import (
 )
 from nnunet_swin.network.model import DecoderStage, EncoderStage, SwinDecoder, SwinEncoder, SwinStage, SwinUnet
 from nnunet_swin.network.ops import gelu_linear, norm_linear, window_attention
+from nnunet_swin.network.options import SwinUnetOptions, UnknownOptionError
 from nnunet_swin.network.plans import (
     DEFAULT_3D_OPTIONS,
     fit_window_size,
@@ -59,8 +62,8 @@ from nnunet_swin.network.plans import (
 )
 
 __all__ = [
-    "SwinUnet", "UPSAMPLING_MODES", "DEFAULT_3D_OPTIONS", "fit_window_size", "nearest_valid_sizes",
-    "options_for_plan", "strides_from_pooling",
+    "SwinUnet", "SwinUnetOptions", "UnknownOptionError", "UPSAMPLING_MODES", "DEFAULT_3D_OPTIONS",
+    "fit_window_size", "nearest_valid_sizes", "options_for_plan", "strides_from_pooling",
     # the parts, for tests, the weight loaders and users building their own variants
     "BilinearExpand", "DecoderStage", "EncoderStage", "Mlp", "PatchEmbed", "PatchExpand", "PatchMerging",
     "SwinBlock", "SwinDecoder", "SwinEncoder", "SwinStage", "TransposedConvExpand", "WindowAttention",

@@ -79,10 +79,12 @@ def attention_mask(sizes: Sequence[int], window: Sequence[int], shift: Sequence[
     """Additive (nW, N, N) mask for a padded-then-rolled stage, or None when no token needs masking.
 
     The map is padded at the end of every axis to whole windows first and the cyclic shift is taken on
-    the padded map (the order of Swin's detection/segmentation code and timm), so a shifted window never
-    splits a band. Pairs in different shift regions get -100 (the official value). Padding keys get
-    -inf for real queries, so padding cannot change a real token; a padding query may attend to other
-    padding, which keeps every softmax row finite (padding outputs are cropped away).
+    the padded map (the order of Swin's detection/segmentation code), so a shifted window never splits a
+    band. (timm 1.0 does the opposite: it rolls the unpadded map, then pads, and masks no padding key, so
+    at sizes that do not tile into windows its results differ from these.) Pairs in different shift regions
+    get -100 (the official value). Padding keys get -inf for real queries, so padding cannot change a real
+    token; a padding query may attend to other padding, which keeps every softmax row finite (padding
+    outputs are cropped away).
     """
     padded, n = _padded(sizes, window), len(sizes)
     if not any(shift) and list(padded) == list(sizes):

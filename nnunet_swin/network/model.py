@@ -4,17 +4,19 @@ once at build time."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nnunet_swin.network.blocks import _UPSAMPLERS, UPSAMPLING_MODES, PatchEmbed, PatchMerging, SwinBlock, \
-    WindowAttention, _channels_first, _channels_last, _conv
+from nnunet_swin.network.blocks import _UPSAMPLERS, PatchEmbed, PatchMerging, SwinBlock, WindowAttention, \
+    _channels_first, _channels_last, _conv
 from nnunet_swin.network.geometry import NUM_STAGES, window_geometry
 from nnunet_swin.network.ops import _autocast_dtype, cast_together, norm_linear
-from nnunet_swin.network.plans import _per_axis, nearest_valid_sizes
+from nnunet_swin.network.options import SwinUnetOptions
+from nnunet_swin.network.plans import nearest_valid_sizes
 
 #: Per-forward inputs of each Swin block, made once for all blocks: low-precision weights, drop-path factors.
 BlockInputs = dict[SwinBlock, tuple[list[torch.Tensor] | None, torch.Tensor | None]]
@@ -93,38 +95,23 @@ class SwinEncoder(nn.Module):
     (the patch embedding, then the PatchMerging outputs), not the output of the Swin blocks at that scale.
     """
 
-    def __init__(
-        self,
-        input_channels: int,
-        patch_size: Sequence[int],
-        merge_strides: Sequence[Sequence[int]],
-        embed_dim: int,
-        depths: Sequence[int],
-        num_heads: Sequence[int],
-        window_size: Sequence[int],
-        mlp_ratio: float,
-        qkv_bias: bool,
-        drop_path: Sequence[Sequence[float]],
-        fused_attention: bool,
-    ):
+    def __init__(self, input_channels: int, options: SwinUnetOptions):
         super().__init__()
         self.input_channels = input_channels
-        self.patch_embed = PatchEmbed(input_channels, embed_dim, patch_size)
+        #: The resolved options this encoder was built from (the decoder is built from them too).
+        self.options = options
+        depths = options.depths
+        rates = torch.linspace(0, options.drop_path_rate, sum(depths), device="cpu").tolist()  # also on meta
+        offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
+        #: Drop-path rate of every block, per stage; the decoder stage at the same resolution reuses them.
+        self.drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
+        self.patch_embed = PatchEmbed(input_channels, options.embed_dim, options.patch_size)
         self.stages = nn.ModuleList(
-            EncoderStage(
-                embed_dim * 2**i,
-                depths[i],
-                num_heads[i],
-                window_size,
-                drop_path[i],
-                mlp_ratio,
-                qkv_bias,
-                fused_attention,
-                downsample=merge_strides[i] if i < NUM_STAGES - 1 else None,
-            )
+            EncoderStage(*_stage_args(options, i, self.drop_path[i]),
+                         downsample=options.merge_strides[i] if i < NUM_STAGES - 1 else None)
             for i in range(NUM_STAGES)
         )
-        self.norm = nn.LayerNorm(embed_dim * 2 ** (NUM_STAGES - 1))
+        self.norm = nn.LayerNorm(options.stage_dims[-1])
 
     def forward_tokens(self, x: torch.Tensor, shared: BlockInputs | None = None) -> list[torch.Tensor]:
         """Like ``forward`` but channels-last (B, *sizes, C), which is what the decoder consumes. ``shared``:
@@ -141,9 +128,11 @@ class SwinEncoder(nn.Module):
 
 
 class SwinDecoder(nn.Module):
-    """Mirror of the encoder: a bare expand from the bottleneck, then three stages of skip fusion,
-    Swin blocks and expand (each by the stride of the encoder's merging at that scale), then LayerNorm,
-    the final expand by the patch size and a bias-free 1x1 head.
+    """Mirror of the encoder, built from it: a bare expand from the bottleneck, then three stages of skip
+    fusion, Swin blocks and expand (each by the stride of the encoder's merging at that scale), then
+    LayerNorm, the final expand by the patch size and a bias-free 1x1 head. Everything it needs is in the
+    encoder's options (widths, depths, heads, windows, strides, and the decoder's own ``num_skips`` and
+    ``upsampling``) and drop-path rates.
 
     ``deep_supervision`` is a plain attribute (nnU-Net's trainer sets it): when True, ``forward``
     returns logits at full size and at the three finest token scales (1/4, 1/8, 1/16 of the input with
@@ -151,53 +140,36 @@ class SwinDecoder(nn.Module):
     exist either way, so checkpoints load with it on or off.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        embed_dim: int,
-        depths: Sequence[int],
-        num_heads: Sequence[int],
-        window_size: Sequence[int],
-        mlp_ratio: float,
-        qkv_bias: bool,
-        drop_path: Sequence[Sequence[float]],
-        fused_attention: bool,
-        upsampling: str,
-        num_skips: int,
-        patch_size: Sequence[int],
-        merge_strides: Sequence[Sequence[int]],
-        deep_supervision: bool,
-    ):
+    def __init__(self, encoder: SwinEncoder, num_classes: int, deep_supervision: bool = False):
         super().__init__()
+        options = encoder.options
+        num_skips, upsampling = options.num_skips, options.upsampling
         self.deep_supervision = deep_supervision
         self.num_skips = num_skips
+        embed_dim = options.embed_dim
         stages = []
         for i in range(NUM_STAGES):  # i = 0 at the bottleneck ... i = 3 at the finest token scale
             enc = NUM_STAGES - 1 - i  # the encoder stage at the same resolution
+            dim, depth, *rest = _stage_args(options, enc, encoder.drop_path[enc])
             stages.append(
                 DecoderStage(
-                    embed_dim * 2**enc,
-                    depths[enc] if i else 0,  # official layers_up.0 is a bare PatchExpand
-                    num_heads[enc],
-                    window_size,
-                    drop_path[enc],
-                    mlp_ratio,
-                    qkv_bias,
-                    fused_attention,
+                    dim,
+                    depth if i else 0,  # official layers_up.0 is a bare PatchExpand
+                    *rest,
                     fuse=i > 0 and enc < num_skips,  # k skips: the k finest scales
                     upsampling=upsampling if enc else None,
-                    scale=merge_strides[enc - 1] if enc else None,
+                    scale=options.merge_strides[enc - 1] if enc else None,
                 )
             )
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(embed_dim)
-        self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, patch_size)
+        self.final_expand = _UPSAMPLERS[upsampling](embed_dim, embed_dim, options.patch_size)
         # Output heads, one per output in deep-supervision order: seg_layers[0] is the full-resolution head,
         # then the finest token scale (reads the normed features of the last stage) and the two coarser ones.
         # nnU-Net's -pretrained_weights skips every key containing ".seg_layers.", so fine-tuning between label
         # sets works; this order is the old head, aux_heads.0-2 order, so optimizer states of older
         # checkpoints still line up.
-        conv = _conv(len(patch_size))
+        conv = _conv(options.spatial_dims)
         self.seg_layers = nn.ModuleList(
             conv(embed_dim * 2 ** max(0, i - 1), num_classes, kernel_size=1, bias=False) for i in range(NUM_STAGES)
         )
@@ -230,6 +202,12 @@ class SwinDecoder(nn.Module):
         return self.forward_tokens([_channels_last(f) for f in features])
 
 
+def _stage_args(options: SwinUnetOptions, stage: int, drop_path: Sequence[float]) -> tuple:
+    """The positional ``SwinStage`` arguments of encoder stage ``stage`` (and its decoder twin)."""
+    return (options.stage_dims[stage], options.depths[stage], options.num_heads[stage], options.window_size,
+            drop_path, options.mlp_ratio, options.qkv_bias, options.fused_attention)
+
+
 #: Output-head names before they became ``seg_layers`` (checkpoints written until then use them).
 _OLD_HEAD_KEYS = {"head.weight": "seg_layers.0.weight",
                   **{f"aux_heads.{i}.weight": f"seg_layers.{i + 1}.weight" for i in range(NUM_STAGES - 1)}}
@@ -251,82 +229,50 @@ class SwinUnet(nn.Module):
         input_channels: image channels (modalities); nnU-Net passes this.
         num_classes: output channels (segmentation heads); nnU-Net passes this.
         deep_supervision: also return logits at the three finest token scales (``output_strides``).
-        spatial_dims: 2 (images) or 3 (volumes).
-        patch_size: patch-embedding stride, one int for every axis or one per axis (4: the paper).
-        merge_strides: stride of each of the three patch mergings, per axis (2: the paper; 1 keeps an
-            axis, e.g. a thick-slice axis of an anisotropic 3D plan; ``strides_from_pooling``).
-        window_size: attention window, one int or one per axis; each stage clamps it to its size.
-        embed_dim, depths, num_heads, mlp_ratio, qkv_bias, drop_path_rate: as in the paper's "tiny"
-            model by default. Drop path grows linearly over the encoder blocks and the decoder reuses
-            the rate of the encoder stage at the same resolution.
-        upsampling: "patch_expand" (the paper), "bilinear" (trilinear in 3D) or "transposed_conv"
-            (its ablation).
-        num_skips: 0-3 skip connections, always the finest ones: 1 = 1/4; 2 = 1/4 and 1/8;
-            3 = 1/4, 1/8 and 1/16 (the paper's model). A missing skip has no concat and no fusion layer.
-        fused_attention: use torch's scaled_dot_product_attention (same result as the explicit formula).
-        gradient_checkpointing: recompute each Swin block in backward to save activation memory.
+        options: keyword options, :class:`SwinUnetOptions`' fields (strides, windows, width, depths, heads,
+            up-sampling, skips, ...); the paper's Swin-T network by default. An unknown name raises
+            ``UnknownOptionError`` naming it and the closest valid one.
 
     All options are plain JSON values, so nnU-Net's ``get_network_from_plans`` can build the network
     from a plans file naming ``nnunet_swin.SwinUnet``. Every input side must be divisible by its
     ``size_multiple`` (patch size x merge strides: 32 by default); any such size works.
+
+    What callers read instead of reaching into submodules: ``options`` (the resolved
+    :class:`SwinUnetOptions`), ``stage_strides``, ``stage_windows``, ``size_multiple``, ``output_strides``,
+    ``no_weight_decay()`` and ``describe(size)``.
     """
 
-    def __init__(
-        self,
-        input_channels: int,
-        num_classes: int,
-        *,
-        deep_supervision: bool = False,
-        spatial_dims: int = 2,
-        patch_size: int | Sequence[int] = 4,
-        merge_strides: Sequence[int | Sequence[int]] = (2, 2, 2),
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 2, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int | Sequence[int] = 7,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path_rate: float = 0.2,
-        upsampling: str = "patch_expand",
-        num_skips: int = 3,
-        fused_attention: bool = True,
-        gradient_checkpointing: bool = False,
-    ):
+    def __init__(self, input_channels: int, num_classes: int, *, deep_supervision: bool = False, **options: Any):
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-        patch, window = _per_axis(patch_size, spatial_dims), _per_axis(window_size, spatial_dims)
-        if isinstance(merge_strides, (int, str)) or len(merge_strides) != NUM_STAGES - 1:
-            raise ValueError(f"merge_strides needs {NUM_STAGES - 1} entries (one per patch merging), "
-                             f"got {merge_strides!r}")
-        merges = [_per_axis(m, spatial_dims) for m in merge_strides]
-        _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths,
-                       num_heads, drop_path_rate, upsampling, num_skips)
+        opts = SwinUnetOptions.from_dict(options)
+        if input_channels < 1 or num_classes < 1:
+            raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels} and {num_classes}")
         self.input_channels = input_channels
         self.num_classes = num_classes
-        self.spatial_dims = spatial_dims
-        strides = [patch]
-        for m in merges:
-            strides.append(tuple(a * b for a, b in zip(strides[-1], m)))
+        #: The resolved options (per-axis tuples): what this network was built from.
+        self.options = opts
+        self.spatial_dims = opts.spatial_dims
         #: Stride of each token scale (the four stages), finest first.
-        self.stage_strides = tuple(strides)
-        self.size_multiple = strides[-1]
-        self.output_strides = ((1,) * spatial_dims, *strides[:-1])
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also when built on meta
-        offsets = [sum(depths[:i]) for i in range(NUM_STAGES + 1)]
-        drop_path = [rates[offsets[i] : offsets[i + 1]] for i in range(NUM_STAGES)]
-        common = dict(num_heads=num_heads, window_size=window, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                      drop_path=drop_path, fused_attention=fused_attention)
-        self.encoder = SwinEncoder(input_channels, patch, merges, embed_dim, depths, **common)
-        self.decoder = SwinDecoder(num_classes, embed_dim, depths, upsampling=upsampling, num_skips=num_skips,
-                                   patch_size=patch, merge_strides=merges, deep_supervision=deep_supervision,
-                                   **common)
+        self.stage_strides = opts.stage_strides
+        #: The window each stage is built with, per axis (clamped to the token grid at run time: ``describe``).
+        self.stage_windows = opts.stage_windows
+        self.size_multiple = opts.size_multiple
+        self.output_strides = opts.output_strides
+        self.encoder = SwinEncoder(input_channels, opts)
+        self.decoder = SwinDecoder(self.encoder, num_classes, deep_supervision)
         #: Every Swin block, encoder first; one keep probability per residual of each block that drops paths.
         self._swin_blocks = tuple(m for m in self.modules() if isinstance(m, SwinBlock))
         keep = [1.0 - b.drop_prob for b in self._swin_blocks if b.drop_prob for _ in range(2)]
         self.register_buffer("drop_path_keep", torch.tensor(keep, dtype=torch.float32).view(-1, 1), persistent=False)
         self.apply(_init_weights)
-        self.set_grad_checkpointing(gradient_checkpointing)
+        self.set_grad_checkpointing(opts.gradient_checkpointing)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters that take no weight decay (timm's convention): the relative-position bias
+        tables, as timm's Swin lists them, and every bias and norm weight (one dimension or less), which
+        timm's optimizer factory adds by itself; a trainer needs nothing else to build its groups."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or name.endswith(".bias") or "relative_position_bias_table" in name}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every Swin block during backward instead of keeping its activations."""
@@ -343,15 +289,13 @@ class SwinUnet(nn.Module):
         """What this network does at input ``size`` (for logs): strides, and per stage the token grid, the
         window after clamping (attention is global along an axis no longer than the window) and channels."""
         self._check_size(tuple(size))
-        window = self.encoder.stages[0].blocks[0].window_size
         stages = []
-        for stride, stage in zip(self.stage_strides, self.encoder.stages):
+        for stride, window, dim in zip(self.stage_strides, self.stage_windows, self.options.stage_dims):
             grid = [s // st for s, st in zip(size, stride)]
             stages.append({"size": grid, "window": [window_geometry(g, m, False)[0] for g, m in zip(grid, window)],
-                           "dim": stage.dim})
-        return {"patch_size": list(self.stage_strides[0]),
-                "merge_strides": [[b // a for a, b in zip(s0, s1)] for s0, s1 in zip(self.stage_strides,
-                                                                                   self.stage_strides[1:])],
+                           "dim": dim})
+        return {"patch_size": list(self.options.patch_size),
+                "merge_strides": [list(m) for m in self.options.merge_strides],
                 "size_multiple": list(self.size_multiple), "stages": stages}
 
     def _check_size(self, size: tuple[int, ...]) -> None:
@@ -408,32 +352,6 @@ class SwinUnet(nn.Module):
                 for row, i in enumerate(dropping):
                     scales[i] = drawn[2 * row : 2 * row + 2]
         return dict(zip(blocks, zip(weights, scales)))
-
-
-def _check_options(input_channels, num_classes, spatial_dims, patch, merges, window, embed_dim, depths, num_heads,
-                   drop_path_rate, upsampling, num_skips) -> None:
-    if input_channels < 1 or num_classes < 1:
-        raise ValueError(f"input_channels and num_classes must be >= 1, got {input_channels} and {num_classes}")
-    for name, value in (("patch_size", patch), ("window_size", window), *(("merge_strides", m) for m in merges)):
-        if len(value) != spatial_dims or min(value) < 1:
-            raise ValueError(f"{name} needs one positive int per axis ({spatial_dims} for a {spatial_dims}D network), "
-                             f"got {list(value)}")
-    if len(depths) != NUM_STAGES or len(num_heads) != NUM_STAGES:
-        raise ValueError(f"depths and num_heads need {NUM_STAGES} entries (three merging stages and the "
-                         f"bottleneck), got {list(depths)} and {list(num_heads)}")
-    if any(d < 1 for d in depths):
-        raise ValueError(f"every stage needs at least one Swin block, got depths={list(depths)}")
-    for i, heads in enumerate(num_heads):
-        if (embed_dim * 2**i) % heads:
-            raise ValueError(f"stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}]={heads}")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
-    if num_skips not in range(NUM_STAGES):
-        raise ValueError(f"num_skips must be 0, 1, 2 or 3, got {num_skips!r}")
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even (PatchExpand halves channels), got {embed_dim}")
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -16,9 +16,12 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
   ``get_configuration`` deep-copies the configuration and caches it). ``plans.json`` in the results folder
   (written from that same dict), the final validation, ``nnUNetv2_predict``, ensembling and export all see
   the same size.
-* The network is built from class attributes and the plan in ``build_network_architecture`` (a
-  classmethod with nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class
-  name and plans alone). A configuration the network cannot take stops with an error naming those that work.
+* The network is built from the class and the plan in ``build_network_architecture`` (a classmethod with
+  nnU-Net's 2.7+ signature, so inference rebuilds exactly what was trained from the class name and plans
+  alone). A subclass changes the network through class attributes (``num_skips``, ``upsampling``,
+  ``network_options``, ``network_options_3d``) or, to derive options from the plan, by overriding the one
+  hook ``network_kwargs``; nothing else. A misspelt option stops with an error naming it and the closest
+  valid one; a configuration the network cannot take, with an error naming the configurations that work.
 * Deep supervision at the network's own output strides (2D: 1, 1/4, 1/8, 1/16; 3D: per axis, e.g.
   [1, 1/4, 1/4] on a thick-slice axis) with nnU-Net's loss weighting, or off (``deep_supervision =
   False``) with ``set_deep_supervision_enabled`` turned into a no-op. Output heads whose loss weight is 0
@@ -59,7 +62,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_swin.memory import estimated_saved_bytes
-from nnunet_swin.network import DEFAULT_3D_OPTIONS, NUM_STAGES, SwinUnet, options_for_plan
+from nnunet_swin.network import DEFAULT_3D_OPTIONS, NUM_STAGES, SwinUnet, SwinUnetOptions, UnknownOptionError, \
+    options_for_plan
 
 #: Environment variable naming a Swin-T ImageNet checkpoint file for the IN1k trainers.
 PRETRAINED_ENV = "NNUNET_SWIN_PRETRAINED"
@@ -111,10 +115,6 @@ class WarmupPolyLRScheduler(_LRScheduler):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-
-def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or "relative_position_bias_table" in name or name.endswith(".bias")
 
 
 def native_bf16() -> bool:
@@ -179,7 +179,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         self.autocast_dtype = _prefer_bf16_autocast() if self.device.type == "cuda" else None
         self._nonfinite_total = 0
         self._nonfinite_in_a_row = 0
-        self._init_fingerprint: torch.Tensor | None = None
+        self._weights_loaded = False  # set when weights are loaded into the network after initialize()
         self.imagenet_report = None
 
     # --- plans ---------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         plans_manager = PlansManager(plans)
         configuration_manager = plans_manager.get_configuration(configuration)
         patch = [int(s) for s in configuration_manager.patch_size]
-        multiple = list(cls.size_multiple(plans_manager, configuration_manager))
+        multiple = list(cls._network_options(plans_manager, configuration_manager).size_multiple)
         new = round_patch_size(patch, multiple)
         if new == patch:
             return f"Swin-Unet: planned patch size {patch} is already a multiple of {multiple} per axis; kept."
@@ -202,19 +202,18 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                 f"nnUNetv2_predict use {new}. Preprocessed data is unchanged (nnU-Net pads images smaller than "
                 f"the patch).")
 
-    @classmethod
-    def size_multiple(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager
-                      ) -> tuple[int, ...]:
-        """What each patch side must be a multiple of for this trainer's network on this configuration
-        (patch embedding x the three merge strides, per axis: (32, 32) for the default 2D network)."""
-        return tuple(cls.network_layout(plans_manager, configuration_manager).size_multiple)
-
-    # --- network -------------------------------------------------------------------------------------
+    # --- network: the one hook a subclass overrides, then what follows from it ---------------------------
     @classmethod
     def network_kwargs(cls, configuration_manager: ConfigurationManager | None = None) -> dict[str, Any]:
-        """SwinUnet keyword arguments for a configuration. 2D (or None): the paper's network with this trainer's
-        options, whatever the plan. 3D: ``network_options_3d`` < embedding and merging strides from the plan's
-        pooling < ``network_options``, windows fitted to the first stage unless set (``options_for_plan``)."""
+        """The one hook for a subclass that wants another network: SwinUnet's keyword options
+        (``SwinUnetOptions``' fields) for a configuration. Fixed options need no override: set the class
+        attributes ``num_skips``, ``upsampling``, ``network_options`` (every configuration) and
+        ``network_options_3d`` (3D only). Override this to derive options from the plan; everything else
+        (strides, patch rounding, deep supervision, inference) follows from what it returns.
+
+        By default, 2D (or None): the paper's network with this trainer's options, whatever the plan. 3D:
+        ``network_options_3d`` < embedding and merging strides from the plan's pooling < ``network_options``,
+        windows fitted to the first stage unless set (``options_for_plan``)."""
         dims = 2 if configuration_manager is None else len(configuration_manager.patch_size)
         kwargs: dict[str, Any] = {"num_skips": cls.num_skips, "upsampling": cls.upsampling}
         if dims == 2:
@@ -227,43 +226,21 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         return kwargs
 
     @classmethod
-    def _new_network(cls, configuration_manager: ConfigurationManager, num_input_channels: int = 1,
-                     num_output_channels: int = 1, deep_supervision: bool = False) -> SwinUnet:
-        return SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
-                        **cls.network_kwargs(configuration_manager))
-
-    @classmethod
-    def configurations_that_work(cls, plans: dict) -> list[str]:
-        """Names of the configurations in ``plans`` this trainer can build its network for."""
-        plans_manager = PlansManager(plans)
-        names = []
-        for name in plans.get("configurations", {}):
-            try:
-                with torch.device("meta"):  # only whether it builds: no memory, no initialisation
-                    cls._new_network(plans_manager.get_configuration(name))
-            except Exception:  # a configuration the network cannot take, or a broken one, is not offered
-                continue
-            names.append(name)
-        return names
-
-    @classmethod
-    def network_layout(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager) -> SwinUnet:
-        """``network_for`` on the meta device (no memory, no initialisation): the strides and multiple the
-        trainer needs before the real network exists, for the cost of building the modules only."""
-        with torch.device("meta"):
-            return cls.network_for(plans_manager, configuration_manager)
-
-    @classmethod
-    def network_for(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                    num_input_channels: int = 1, num_output_channels: int = 1,
-                    deep_supervision: bool = False) -> SwinUnet:
-        """This trainer's network for a configuration; one it cannot take raises UnsupportedConfigurationError
-        naming the configurations of these plans that work."""
+    def _network_options(cls, plans_manager: PlansManager,
+                         configuration_manager: ConfigurationManager) -> SwinUnetOptions:
+        """``network_kwargs`` checked and resolved: strides, windows and the size multiple without building a
+        module. A misspelt option raises UnknownOptionError naming the attribute that holds it; options this
+        configuration cannot take raise UnsupportedConfigurationError naming the configurations that work."""
+        kwargs = cls.network_kwargs(configuration_manager)
         try:
-            return cls._new_network(configuration_manager, num_input_channels, num_output_channels, deep_supervision)
-        except (ValueError, TypeError) as e:
+            return SwinUnetOptions.from_dict(kwargs)
+        except UnknownOptionError as e:
+            where = next((f"{cls.__name__}.{attr}" for attr in ("network_options", "network_options_3d")
+                          if e.names[0] in getattr(cls, attr)), f"{cls.__name__}.network_kwargs()")
+            raise UnknownOptionError(f"{where}: {e}", e.names) from None
+        except ValueError as e:
             patch = list(configuration_manager.patch_size)
-            working = cls.configurations_that_work(plans_manager.plans)
+            working = cls._configurations_that_work(plans_manager.plans)
             raise UnsupportedConfigurationError(
                 f"{cls.__name__} cannot build its network for the {len(patch)}D configuration with patch {patch} "
                 f"and nnU-Net pooling {configuration_manager.pool_op_kernel_sizes}: {e}. Configurations of these "
@@ -272,21 +249,36 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                 f"(and window_size) for every axis.") from e
 
     @classmethod
+    def _configurations_that_work(cls, plans: dict) -> list[str]:
+        """Names of the configurations in ``plans`` this trainer can build its network for."""
+        plans_manager = PlansManager(plans)
+        names = []
+        for name in plans.get("configurations", {}):
+            try:
+                SwinUnetOptions.from_dict(cls.network_kwargs(plans_manager.get_configuration(name)))
+            except Exception:  # a configuration the network cannot take, or a broken one, is not offered
+                continue
+            names.append(name)
+        return names
+
+    @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """Runs at training *and* inference (nnUNetv2_predict): builds the network from the class and the
-        plans alone, loads no weights."""
+        """nnU-Net's entry point (its signature), at training *and* inference (nnUNetv2_predict): builds the
+        network from the class and the plans alone, loads no weights. Not the hook to override: see
+        ``network_kwargs``."""
         _prefer_bf16_autocast()
         deep_supervision = bool(enable_deep_supervision and cls.deep_supervision)
-        net = cls.network_for(plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                              deep_supervision)
+        options = cls._network_options(plans_manager, configuration_manager)
         patch = [int(s) for s in configuration_manager.patch_size]
-        multiple = list(net.size_multiple)
+        multiple = list(options.size_multiple)
         if any(s % m for s, m in zip(patch, multiple)):
             raise ValueError(f"{cls.__name__}: patch size {patch} is not divisible by the network's multiple "
                              f"{multiple} per axis; these plans were not rounded for this trainer's network (it "
                              f"rounds the patch up to {round_patch_size(patch, multiple)} when training starts).")
+        net = SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
+                       **options.as_dict())
         # A head whose output the loss ignores gets no gradient; frozen, DDP does not wait for one.
         weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (NUM_STAGES - 1)
         for head, weight in zip(net.decoder.seg_layers, weights, strict=True):
@@ -312,8 +304,8 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     def initialize(self):
         super().initialize()
         net = self._unwrapped_network()
-        self._init_fingerprint = net.encoder.patch_embed.proj.weight.detach().clone() \
-            if hasattr(net.encoder, "patch_embed") and hasattr(net.encoder.patch_embed, "proj") else None
+        # nnU-Net's -pretrained_weights loads into the network after initialize(), with load_state_dict
+        net.register_load_state_dict_post_hook(self._note_weights_loaded)
         self.print_to_log_file(self._network_report(net))
         scales = self._get_deep_supervision_scales()
         self.print_to_log_file(
@@ -321,11 +313,14 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
             f"(lr {self.initial_lr}, wd {self.weight_decay}, clip {self.grad_clip}), "
             f"precision {'bf16 autocast' if self.autocast_dtype is not None else 'fp32'}")
 
+    def _note_weights_loaded(self, _module: nn.Module, _incompatible_keys) -> None:
+        self._weights_loaded = True
+
     def _network_report(self, net: SwinUnet) -> str:
         """The network as derived from the plan, for the log: strides, token grid and window per stage,
         parameters, and the activations one batch saves for backward."""
         patch = [int(s) for s in self.configuration_manager.patch_size]
-        kwargs = self.network_kwargs(self.configuration_manager)
+        options = net.options
         stages = "; ".join(f"{'x'.join(map(str, st['size']))} tokens, window {'x'.join(map(str, st['window']))}, "
                            f"{st['dim']} channels" for st in net.describe(patch)["stages"])
         strides = [list(s) for s in (*net.output_strides[1:], net.size_multiple)]
@@ -338,11 +333,11 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
             memory = f"not measured ({type(e).__name__}: {e})"
         pooling = f", nnU-Net's pooling {self.configuration_manager.pool_op_kernel_sizes}" if len(patch) != 2 else ""
         return (f"Swin-Unet: {type(self).__name__}, {len(patch)}D network for {self.configuration_name} "
-                f"(patch {patch}{pooling}): options {kwargs}; strides of the four stages {strides}; stages at "
-                f"this patch: {stages}; parameters "
+                f"(patch {patch}{pooling}): options {options.as_dict()}; strides of the four stages {strides}; "
+                f"stages at this patch: {stages}; parameters "
                 f"{params / 1e6:.2f} M; memory estimate: {memory} of activations saved for backward per batch of "
                 f"{self.batch_size} in {precision}, gradient checkpointing "
-                f"{'on' if kwargs.get('gradient_checkpointing') else 'off'} (measured with fake tensors: shapes only, "
+                f"{'on' if options.gradient_checkpointing else 'off'} (measured with fake tensors: shapes only, "
                 f"no compute; parameters, gradients and optimizer state come on top)")
 
     # --- deep supervision ----------------------------------------------------------------------------
@@ -350,7 +345,8 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         if not self.enable_deep_supervision:
             return None
         # from the plans, not self.network: nnU-Net's _build_loss may run before the network exists
-        return deep_supervision_scales(self.network_layout(self.plans_manager, self.configuration_manager).output_strides)
+        return deep_supervision_scales(self._network_options(self.plans_manager, self.configuration_manager)
+                                       .output_strides)
 
     def _build_loss(self):
         loss = super()._build_loss()
@@ -368,9 +364,11 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
     def configure_optimizers(self):
         # Frozen output heads stay in the groups (they never get a gradient, so never change): the groups
         # keep their size and order, and optimizer states of checkpoints from before the freezing load (--c).
-        named = list(self.network.named_parameters())
-        decay = [p for n, p in named if not _no_weight_decay(n, p)]
-        no_decay = [p for n, p in named if _no_weight_decay(n, p)]
+        net = self._unwrapped_network()
+        skip = net.no_weight_decay()
+        named = list(net.named_parameters())
+        decay = [p for n, p in named if n not in skip]
+        no_decay = [p for n, p in named if n in skip]
         if self.recipe == "sgd":
             groups = [{"params": decay + no_decay, "weight_decay": self.weight_decay}]
             optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9)
@@ -450,8 +448,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
             self.print_to_log_file("Swin-Unet: resuming from a checkpoint; ImageNet weights not loaded.")
             return
         net = self._unwrapped_network()
-        fp = self._init_fingerprint
-        if fp is not None and not torch.equal(fp, net.encoder.patch_embed.proj.weight.detach()):
+        if self._weights_loaded:
             self.print_to_log_file("Swin-Unet: weights were loaded before training started (-pretrained_weights); "
                                    "ImageNet weights not loaded over them.")
             return

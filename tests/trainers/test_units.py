@@ -112,7 +112,7 @@ def test_3d_plan_kept_when_the_networks_multiple_divides_it(results_env, cfg):
     plans = _plans()
     note = nnUNetTrainerSwinUnet._adapt_plans_for_swin(plans, cfg)
     assert "[20, 320, 256] is already a multiple of [4, 32, 32] per axis; kept" in note
-    assert nnUNetTrainerSwinUnet.size_multiple(*_managers(plans, cfg)) == (4, 32, 32)
+    assert nnUNetTrainerSwinUnet._network_options(*_managers(plans, cfg)).size_multiple == (4, 32, 32)
     trainer = nnUNetTrainerSwinUnet(plans, cfg, 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
     assert list(trainer.configuration_manager.patch_size) == [20, 320, 256]
 
@@ -122,7 +122,7 @@ def test_3d_patch_rounded_per_axis_to_the_users_strides(results_env):
     in the plans dict, before nnU-Net's ConfigurationManager exists."""
     iso = type("Iso", (nnUNetTrainerSwinUnet,), {"network_options": {"patch_size": 2, "merge_strides": [2, 2, 1]}})
     plans = _plans(patch_3d=(20, 40, 56))
-    assert iso.size_multiple(*_managers(plans, "3d_fullres")) == (8, 8, 8)
+    assert iso._network_options(*_managers(plans, "3d_fullres")).size_multiple == (8, 8, 8)
     note = iso._adapt_plans_for_swin(plans, "3d_fullres")
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [24, 40, 56]
     assert "changed from the planned [20, 40, 56] to [24, 40, 56]" in note and "divisible by [8, 8, 8]" in note
@@ -147,7 +147,7 @@ def test_deep_supervision_scales_of_an_anisotropic_plan():
     # a short plan (three poolings): missing steps are merges at the same resolution
     pm, cm = _managers(_plans(patch_3d=(8, 32, 32), pool_3d=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),
                        "3d_fullres")
-    assert tiny.network_for(pm, cm).output_strides == ((1, 1, 1), (2, 4, 4), (4, 8, 8), (4, 8, 8))
+    assert tiny._network_options(pm, cm).output_strides == ((1, 1, 1), (2, 4, 4), (4, 8, 8), (4, 8, 8))
 
 
 def test_configuration_the_network_cannot_take_names_those_that_work(results_env):
@@ -157,8 +157,27 @@ def test_configuration_the_network_cannot_take_names_those_that_work(results_env
     msg = str(err.value)
     assert "3D configuration with patch [20, 320, 256]" in msg and "window_size" in msg
     assert "Configurations of these plans it can train: 2d." in msg
-    assert bad.configurations_that_work(_plans()) == ["2d"]
-    assert nnUNetTrainerSwinUnet.configurations_that_work(_plans()) == ["2d", "3d_fullres", "3d_lowres"]
+    assert bad._configurations_that_work(_plans()) == ["2d"]
+    assert nnUNetTrainerSwinUnet._configurations_that_work(_plans()) == ["2d", "3d_fullres", "3d_lowres"]
+
+
+
+@pytest.mark.parametrize("attr, cfg", [("network_options", "2d"), ("network_options_3d", "3d_fullres")])
+def test_misspelt_network_option_is_named_not_called_an_unsupported_configuration(results_env, attr, cfg):
+    """A typo in a subclass's options stops the trainer at construction with the key, the attribute holding
+    it and the closest valid name, not as a configuration the network cannot take."""
+    from nnunet_swin.network import UnknownOptionError
+
+    typo = type("Typo", (nnUNetTrainerSwinUnet,), {attr: {"window_sise": 8}})
+    with pytest.raises(UnknownOptionError) as err:
+        typo(_plans(), cfg, 0, {"labels": {"background": 0, "a": 1}}, torch.device("cpu"))
+    msg = str(err.value)
+    assert not isinstance(err.value, UnsupportedConfigurationError)
+    assert msg.startswith(f"Typo.{attr}: unknown SwinUnet option 'window_sise' (did you mean 'window_size'?)")
+    assert "options are: spatial_dims, patch_size" in msg
+    with pytest.raises(UnknownOptionError, match="Typo.network_kwargs\\(\\): unknown SwinUnet option 'embed'"):
+        type("Typo", (nnUNetTrainerSwinUnet,), {"network_kwargs": classmethod(lambda cls, cm=None: {"embed": 4})}
+             ).build_network_architecture(*_managers(_plans(), "2d"), 1, 2, False)
 
 
 TINY = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -227,24 +246,29 @@ def test_warmup_poly_schedule():
 
 
 # --- a real trainer on the session's preprocessed data, in this process -----------------------------
-@pytest.fixture
-def tiny_trainer(planned, workspace, monkeypatch):
+def _initialized_trainer(trainer, workspace, monkeypatch):
+    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
     import json
-    import sys
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, workspace.env[k])
+    pre = workspace.pre / "Dataset990_SwinSynthetic"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    tr = trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    tr.initialize()
+    return tr
+
+
+@pytest.fixture
+def tiny_trainer(planned, workspace, monkeypatch):
+    import sys
+
     monkeypatch.syspath_prepend(str(workspace.user_ext))
     sys.modules.pop("user_trainers", None)
     import user_trainers
 
-    pre = workspace.pre / "Dataset990_SwinSynthetic"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    ds = json.loads((pre / "dataset.json").read_text())
-    tr = user_trainers.TestSwin_3skip_DS(plans, "2d", "all", ds, torch.device("cpu"))
-    tr.initialize()
-    return tr
+    return _initialized_trainer(user_trainers.TestSwin_3skip_DS, workspace, monkeypatch)
 
 
 def test_deep_supervision_matches_network(tiny_trainer):
@@ -259,6 +283,19 @@ def test_deep_supervision_matches_network(tiny_trainer):
     tr.enable_deep_supervision = False
     tr.set_deep_supervision_enabled(True)
     assert tr.network.decoder.deep_supervision is False
+
+
+def test_weight_decay_groups_are_the_networks_own(tiny_trainer):
+    """AdamW decays every parameter but those the network names in ``no_weight_decay()``."""
+    tr = tiny_trainer
+    optimizer, _ = tr.configure_optimizers()
+    skip = tr.network.no_weight_decay()
+    names = {id(p): n for n, p in tr.network.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in g["params"]} for g in optimizer.param_groups)
+    assert no_decay == skip and decay == set(names.values()) - skip
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [tr.weight_decay, 0.0]
+    assert "encoder.stages.0.blocks.0.attn.relative_position_bias_table" in no_decay
+    assert "encoder.stages.0.blocks.0.attn.qkv.weight" in decay
 
 
 def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
@@ -285,23 +322,12 @@ def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
 def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(planned, workspace, monkeypatch, tmp_path):
     """The IN1k family loads weights in on_train_start (never in build_network_architecture, which
     inference runs); a missing file stops with instructions."""
-    import json
-
     from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k
 
-    pytest.importorskip("nnunet_swin.weights")
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, workspace.env[k])
     pm, cm = _fake_cm((64, 64))
     monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
     nnUNetTrainerSwinUnetIN1k.build_network_architecture(pm, cm, 1, 2, False)  # builds without weights
-
-    pre = workspace.pre / "Dataset990_SwinSynthetic"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    tr = nnUNetTrainerSwinUnetIN1k(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()),
-                                   torch.device("cpu"))
-    tr.initialize()
+    tr = _initialized_trainer(nnUNetTrainerSwinUnetIN1k, workspace, monkeypatch)
     with pytest.raises(RuntimeError) as err:
         tr._maybe_load_imagenet()
     msg = str(err.value)
@@ -320,6 +346,24 @@ def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(plan
     assert torch.equal(ours[key], ref.layers[1].blocks[0].attn.qkv.weight.detach())
 
 
+def test_imagenet_weights_not_loaded_over_pretrained_weights(planned, workspace, monkeypatch, tmp_path):
+    """nnUNetv2_train -pretrained_weights loads after initialize(); the IN1k trainer then keeps those weights
+    (a missing ImageNet file would raise if it tried to load it)."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    from nnunet_swin.trainers import nnUNetTrainerSwinUnetIN1k
+
+    monkeypatch.setenv("NNUNET_SWIN_PRETRAINED", str(tmp_path / "missing.pth"))
+    tr = _initialized_trainer(nnUNetTrainerSwinUnetIN1k, workspace, monkeypatch)
+    source = {k: v + 1 for k, v in tr.network.state_dict().items()}
+    torch.save({"network_weights": source}, tmp_path / "checkpoint_final.pth")
+    load_pretrained_weights(tr.network, str(tmp_path / "checkpoint_final.pth"))
+    tr._maybe_load_imagenet()
+    assert tr.imagenet_report is None
+    key = "encoder.patch_embed.proj.weight"
+    assert torch.equal(tr.network.state_dict()[key], source[key])
+
+
 # --- patch multiple of the trainer's own network ----------------------------------------------------
 class _Patch8(nnUNetTrainerSwinUnet):
     network_options = {**TINY, "patch_size": 8}
@@ -334,7 +378,8 @@ def test_patch_rounded_to_the_networks_own_multiple():
     net = _Patch8.build_network_architecture(pm, cm, 1, 2, False)
     with torch.no_grad():
         assert net.eval()(torch.zeros(1, 1, 128, 128)).shape == (1, 2, 128, 128)
-    assert nnUNetTrainerSwinUnet.size_multiple(pm, cm) == (32, 32) and _Patch8.size_multiple(pm, cm) == (64, 64)
+    assert nnUNetTrainerSwinUnet._network_options(pm, cm).size_multiple == (32, 32)
+    assert _Patch8._network_options(pm, cm).size_multiple == (64, 64)
 
 
 # --- precision ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-DATASET_ID = 990  # planned patch 112 x 80 (the example), 10 training + 3 held-out cases
+DATASET_ID = 990  # planned patch 112 x 80 (not a multiple of 32), 10 training + 3 held-out cases
 #: A network small enough for in-process tests of every trainer (Swin-Unet's four stages, 1 block each).
 TINY_NETWORK = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
 
