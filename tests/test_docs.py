@@ -216,8 +216,8 @@ def test_documented_command_parses(where, argv):
 def test_the_docs_show_the_commands_users_run():
     """Guards the extraction itself: were it to find nothing, every parse test would pass vacuously."""
     shown = {(argv[0], argv[1] if argv[0] == "nnunet-swin" and len(argv) > 1 else "") for _, argv in COMMANDS}
-    expected = {("nnunet-swin", sub) for sub in ("demo", "doctor", "ablate-skips", "benchmark-msd", "bench",
-                                                 "ext-trainer-dir")}
+    expected = {("nnunet-swin", sub) for sub in ("demo", "doctor", "trainers", "--version", "ablate-skips",
+                                                 "benchmark-msd", "bench", "ext-trainer-dir")}
     expected |= {(f"nnUNetv2_{name}", "") for name in ("plan_and_preprocess", "train", "predict",
                                                         "find_best_configuration", "export_model_to_zip")}
     assert expected <= shown, f"not shown in any shell block: {sorted(expected - shown)}"
