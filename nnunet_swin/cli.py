@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_swin.experiments.ablation import add_ablate_skips_parser
-from nnunet_swin.experiments.msd_benchmark import add_benchmark_msd_parser
+from nnunet_swin.experiments import ablation, msd_benchmark
 
 
 def _add_demo(sub) -> None:
@@ -121,7 +120,7 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench, add_ablate_skips_parser, add_benchmark_msd_parser):
+    for add in (_add_demo, _add_doctor, _add_ext_trainer_dir, _add_bench, ablation.add_parser, msd_benchmark.add_parser):
         add(sub)
     return parser
 

@@ -21,12 +21,13 @@ import time
 import numpy as np
 import pytest
 
-from nnunet_swin.experiments import ablation, runner
+from nnunet_swin.experiments import ablation, local, nnunet_files
+from nnunet_swin.experiments import jobs as jobmod
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASET_ID = 977
 DATASET = f"Dataset{DATASET_ID:03d}_AblTiny"
-SCRIPT = os.path.join(REPO, "scripts", "ablate_skips.py")
+CLI = [sys.executable, "-m", "nnunet_swin.cli", "ablate-skips"]
 
 TRAINER_MODULE = '''
 """Short Swin-Unet trainers for the ablation tests (nnU-Net finds them through nnUNet_extTrainer)."""
@@ -134,7 +135,7 @@ def trained(nnunet_root):
     with open(module, "w") as f:
         f.write(without_2)
     out = os.path.join(nnunet_root, "ablation_out")
-    cmd = [sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
+    cmd = [*CLI, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
            "--device", "cpu", "--out", out]
     t0 = time.time()
     calls = {"with_failures": _run(cmd, env)}
@@ -257,7 +258,7 @@ def test_3d_fullres_ablation_end_to_end(tmp_path):
     with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
         json.dump([{"train": cases[2:], "val": cases[:2]}], f)
     out = str(tmp_path / "out")
-    proc = _run([sys.executable, SCRIPT, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
+    proc = _run([*CLI, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
                  "--trainer-pattern", "MyShort_{k}skip", "--device", "cpu", "--out", out], env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("[done]") == 2
@@ -293,7 +294,7 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
     assert not os.path.exists(out)  # a dry run writes nothing
 
     # the console script prints the same
-    proc = _run([sys.executable, SCRIPT, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
+    proc = _run([*CLI, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
                  "--dry-run", "--out", out], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu"
@@ -314,8 +315,8 @@ def test_resume_after_killed_run_uses_c(nnunet_root):
     open(os.path.join(unvalidated, "checkpoint_final.pth"), "wb").close()
 
     jobs = ablation.build_jobs(str(DATASET_ID), folds=[0], skips=[0, 1, 2], trainer_pattern="Killed_{k}skip")
-    planned = runner.plan_runs(jobs, "cpu", env)
-    assert [p.state for p in planned] == [runner.FRESH, runner.RESUME, runner.NEEDS_VALIDATION]
+    planned = jobmod.plan_runs(jobs, "cpu", env)
+    assert [p.state for p in planned] == [jobmod.FoldState.FRESH, jobmod.FoldState.RESUME, jobmod.FoldState.NEEDS_VALIDATION]
     assert "--c" not in planned[0].args and "--val" not in planned[0].args
     assert planned[1].args[-1] == "--c" and "--npz" in planned[1].args
     assert planned[2].args[-1] == "--val" and "--npz" in planned[2].args
@@ -372,7 +373,7 @@ def test_slurm_script(nnunet_root, tmp_path):
 @pytest.mark.slow
 def test_run_job_subcommand_skips_a_complete_run(trained, tmp_path):
     """What each SLURM array task runs: a complete run is not trained again."""
-    proc = _run([sys.executable, "-m", "nnunet_swin.experiments.runner", "run-job", "--out", str(tmp_path),
+    proc = _run([sys.executable, "-m", "nnunet_swin.experiments.worker", "run-job", "--out", str(tmp_path),
                  "--device", "cpu", "--dataset", DATASET, "--configuration", "2d", "--fold", "0",
                  "--trainer", "MyShort_0skip", "--tag", "skips=0"], trained["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -399,7 +400,8 @@ def test_gpu_queue_runs_one_job_per_gpu_at_a_time(monkeypatch, tmp_path):
     seen = []
     lock = threading.Lock()
 
-    def fake_run_one(job, device, records_dir, logs_dir, gpu=None, environ=None, log_tail_lines=40, echo=print):
+    def fake_run_one(job, device, records_dir, logs_dir, gpu=None, environ=None, log_tail_lines=40, echo=print,
+                     position=""):
         with lock:
             active[gpu] = active.get(gpu, 0) + 1
             assert active[gpu] == 1, "two runs on one GPU"
@@ -408,16 +410,16 @@ def test_gpu_queue_runs_one_job_per_gpu_at_a_time(monkeypatch, tmp_path):
         with lock:
             active[gpu] -= 1
         status = "failed" if job.fold == "2" else "completed"
-        return runner.RunRecord(job, status, returncode=1 if status == "failed" else 0, gpu=gpu)
+        return jobmod.RunRecord(job=job, status=status, returncode=1 if status == "failed" else 0, gpu=gpu)
 
-    monkeypatch.setattr(runner, "run_one", fake_run_one)
-    jobs = [runner.Job("Dataset001_X", "2d", f, "T") for f in range(6)]
-    report = runner.run_jobs(jobs, str(tmp_path), device="cuda", gpus="0,1", echo=lambda m: None)
+    monkeypatch.setattr(local, "run_one", fake_run_one)
+    jobs = [jobmod.Job("Dataset001_X", "2d", f, "T") for f in range(6)]
+    report = local.run_jobs(jobs, str(tmp_path), device="cuda", gpus="0,1", echo=lambda m: None)
     assert [r.job.fold for r in report.records] == [str(f) for f in range(6)]
     assert {g for _, g in seen} == {"0", "1"}
     assert report.exit_code == 1 and [r.job.fold for r in report.failed] == ["2"]
     with pytest.raises(ValueError):
-        runner.run_jobs(jobs, str(tmp_path), device="cpu", gpus="0")
+        local.run_jobs(jobs, str(tmp_path), device="cpu", gpus="0")
 
 
 # --- aggregation on hand-made nnU-Net result folders (fast) -------------------------------------------
@@ -608,9 +610,9 @@ def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_pa
     text = open(script).read()
     assert "--dataset Dataset042_Foo --configuration 3d_fullres --fold 0 --trainer nnUNetTrainerSwinUnet_3skip" in text
     aggregation = text.split("NNUNET_AGGREGATE")[1]
-    assert "-c 3d_fullres" in aggregation
+    assert "--configuration 3d_fullres" in aggregation
     assert os.path.join(env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__3d_fullres") in aggregation
-    proc = subprocess.run([sys.executable, SCRIPT, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
+    proc = subprocess.run([*CLI, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
                           text=True, env={**os.environ, **env, "PYTHONPATH": REPO}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "ablate-skips: error: Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; they have 2d, 3d_fullres")
@@ -618,10 +620,10 @@ def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_pa
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     path = str(tmp_path / "t.csv")
-    runner.atomic_write(path, "old\n")
+    nnunet_files.atomic_write(path, "old\n")
 
     with pytest.raises(TypeError):
-        runner.atomic_write(path, 12345)  # not str/bytes: fails while writing the temp file
+        nnunet_files.atomic_write(path, 12345)  # not str/bytes: fails while writing the temp file
     assert open(path).read() == "old\n"
     assert _no_temp_files(str(tmp_path))
 
@@ -631,7 +633,7 @@ def test_cli_parser_registration():
 
     top = argparse.ArgumentParser(prog="nnunet-swin")
     sub = top.add_subparsers(dest="command")
-    ablation.add_ablate_skips_parser(sub)
+    ablation.add_parser(sub)
     args = top.parse_args(["ablate-skips", "-d", "7", "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
                            "--device", "cpu"])
     assert args.func is ablation.handle_args
