@@ -96,7 +96,7 @@ def preflight(trainers: Sequence[str], environ: dict) -> dict:
 
 def trainer_problem(name: str, reason: str, known: Sequence[str]) -> str:
     """One line: the trainer nnU-Net cannot load, why, and the closest names it can."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `nnunet-swin trainers` lists ours"
     if reason.startswith("RuntimeError: Could not find"):
         reason = "not found in nnunetv2.training.nnUNetTrainer or on nnUNet_extTrainer"
