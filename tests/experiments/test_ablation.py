@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from nnunet_swin.experiments import ablation, local, nnunet_files
+from nnunet_swin.experiments import ablation, checks, local, nnunet_files
 from nnunet_swin.experiments import jobs as jobmod
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,25 +120,36 @@ def nnunet_root(tmp_path_factory):
     return root
 
 
+BROKEN_2SKIP = """class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):
+    def on_train_start(self):
+        raise RuntimeError("MyShort_2skip is broken on purpose")
+"""
+
+
 @pytest.fixture(scope="module")
 def trained(nnunet_root):
-    """The full ablation, 4 skip counts x 2 folds on the CPU through the command-line wrapper, in three calls:
+    """The full ablation, 4 skip counts x 2 folds on the CPU through the command line, in four calls:
 
-    1. ``MyShort_2skip`` is not installed yet: its two runs fail, the six others train;
-    2. after adding it, the same command trains only the two missing runs;
-    3. the same command again trains nothing.
+    1. ``MyShort_2skip`` does not exist: the study is refused before anything runs (nnU-Net's lookup);
+    2. ``MyShort_2skip`` exists but fails when training starts: its two runs fail, the six others train;
+    3. after fixing it, the same command trains only the two missing runs;
+    4. the same command again trains nothing.
     """
     env = _env(nnunet_root)
     module = os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py")
-    without_2 = TRAINER_MODULE.replace("class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):\n    pass\n", "")
-    assert without_2 != TRAINER_MODULE
+    good_2 = "class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):\n    pass\n"
+    assert good_2 in TRAINER_MODULE
     with open(module, "w") as f:
-        f.write(without_2)
+        f.write(TRAINER_MODULE.replace(good_2, ""))
     out = os.path.join(nnunet_root, "ablation_out")
     cmd = [*CLI, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
            "--device", "cpu", "--out", out]
     t0 = time.time()
-    calls = {"with_failures": _run(cmd, env)}
+    calls = {"typo": _run(cmd, env), "typo_took": time.time() - t0,
+             "results_after_typo": sorted(os.listdir(os.path.join(env["nnUNet_results"])))}
+    with open(module, "w") as f:
+        f.write(TRAINER_MODULE.replace(good_2, BROKEN_2SKIP))
+    calls["with_failures"] = _run(cmd, env)
     calls["runs_csv_after_failures"] = _read_csv(os.path.join(out, "runs.csv"))
     calls["summary_md_after_failures"] = open(os.path.join(out, "summary.md")).read()
     with open(module, "w") as f:
@@ -156,14 +167,26 @@ def _results_folder(trained, k: int, fold: int) -> str:
 
 # --- end to end ----------------------------------------------------------------------------------------
 @pytest.mark.slow
+def test_a_trainer_nnunet_cannot_find_is_refused_before_any_run(trained):
+    proc = trained["typo"]
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = proc.stderr.strip()
+    assert line.startswith("ablate-skips: error: trainer MyShort_2skip: not found in nnunetv2.training.nnUNetTrainer "
+                           "or on nnUNet_extTrainer; did you mean ") and "\n" not in line
+    assert sorted(line.split("did you mean ")[1].rstrip("?").split(" or ")) == [f"MyShort_{k}skip" for k in (0, 1, 3)]
+    assert "[run" not in proc.stdout and trained["typo_took"] < 30
+    assert trained["results_after_typo"] == []  # no report folder, no $nnUNet_results/<dataset>/
+
+
+@pytest.mark.slow
 def test_failed_runs_are_reported_and_the_others_go_on(trained):
-    """MyShort_2skip does not exist yet: both its runs fail with nnU-Net's error in the printed log tail, the
-    0-, 1- and 3-skip runs (before and after them) still train, and the exit code is non-zero."""
+    """MyShort_2skip fails when training starts: both its runs fail with the error in the printed log tail,
+    the 0-, 1- and 3-skip runs (before and after them) still train, and the exit code is non-zero."""
     proc = trained["with_failures"]
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("[FAILED]") == 2
     failed_block = proc.stdout.split("[FAILED]")[1]
-    assert "Could not find requested nnunet trainer MyShort_2skip" in failed_block  # the log tail
+    assert "RuntimeError: MyShort_2skip is broken on purpose" in failed_block  # the log tail
     assert proc.stdout.count("[done]") == 6
     assert proc.stdout.index("[FAILED]") < proc.stdout.rindex("[done]")  # runs after the failure went on
     runs = {(r["skips"], r["fold"]): r for r in trained["runs_csv_after_failures"]}
@@ -179,9 +202,18 @@ def test_failed_runs_are_reported_and_the_others_go_on(trained):
 def test_full_two_fold_run_writes_the_report(trained):
     proc, out = trained["complete"], trained["out"]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    # only the two missing runs were trained by the second call
+    # only the two missing runs were trained by this call
     assert proc.stdout.count("[run]") == 2 and proc.stdout.count("already complete") == 6
     assert "MyShort_2skip -p nnUNetPlans --npz -device cpu" in proc.stdout
+    # progress: run i of N with its log, nnU-Net's epoch lines while it trains, then time spent and left
+    name = f"{DATASET}__MyShort_2skip__nnUNetPlans__2d__fold_0"
+    start = proc.stdout.index(f"[run] run 3 of 8: nnUNetv2_train {DATASET} 2d 0 -tr MyShort_2skip")
+    assert proc.stdout[start:].splitlines()[1] == f"    log: {os.path.join(out, 'logs', name + '.log')}"
+    during = proc.stdout[start: proc.stdout.index(f"[done] {name}")]
+    for marker in ("Epoch 0", "train_loss", "val_loss", "Pseudo dice", "Epoch time"):
+        assert f"    {name}: " in during and marker in during, marker
+    assert "[progress] 3 of 8 runs done, " in proc.stdout and " left for 5 runs" in proc.stdout
+    assert "[progress] 8 of 8 runs done" in proc.stdout
     for name in ("runs.csv", "per_case.csv", "summary.csv", "summary.md", "dice_vs_skips.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert _no_temp_files(out)
@@ -279,18 +311,20 @@ def test_3d_fullres_ablation_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
+def test_dry_run_lists_nnunet_commands(nnunet_root, monkeypatch):
     env = _env(nnunet_root)
     out = os.path.join(nnunet_root, "dry")
     lines = []
-    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], skips=[0, 1, 2, 3], trainer_pattern="Other_{k}skip",
-                               device="cuda", gpus="0,1", dry_run=True, out=out, environ=env, echo=lines.append)
+    real = checks.preflight
+    monkeypatch.setattr(checks, "preflight", lambda trainers, environ: {**real(trainers, environ), "cuda": True})
+    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], skips=[0, 1, 2, 3], device="cuda", gpus="0,1",
+                               dry_run=True, out=out, environ=env, echo=lines.append)
     assert rc == 0
     assert len(lines) == 8
-    assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
-                        "-device cuda")
-    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 0 -tr Other_1skip")
-    assert lines[7].endswith(f"{DATASET} 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
+    assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_0skip -p "
+                        "nnUNetPlans --npz -device cuda")
+    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_1skip")
+    assert lines[7].endswith(f"{DATASET} 2d 1 -tr nnUNetTrainerSwinUnet_3skip -p nnUNetPlans --npz -device cuda")
     assert not os.path.exists(out)  # a dry run writes nothing
 
     # the console script prints the same
@@ -302,7 +336,7 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_killed_run_uses_c(nnunet_root):
+def test_resume_after_killed_run_uses_c(nnunet_root, monkeypatch):
     """A fold folder with only checkpoint_latest.pth (a killed run) continues with --c; one with a final
     checkpoint but no validation summary only validates (--val)."""
     env = _env(nnunet_root)
@@ -320,7 +354,9 @@ def test_resume_after_killed_run_uses_c(nnunet_root):
     assert "--c" not in planned[0].args and "--val" not in planned[0].args
     assert planned[1].args[-1] == "--c" and "--npz" in planned[1].args
     assert planned[2].args[-1] == "--val" and "--npz" in planned[2].args
-    lines = []
+    lines = []  # the Killed_ trainers exist only as these folders: nnU-Net's lookup is not asked
+    monkeypatch.setattr(checks, "preflight", lambda trainers, environ: {"missing": {}, "known": [], "cuda": False,
+                                                                        "mps": False})
     ablation.run_ablation(str(DATASET_ID), folds=[0], skips=[1], trainer_pattern="Killed_{k}skip", device="cpu",
                           dry_run=True, out=os.path.join(nnunet_root, "dry2"), environ=env, echo=lines.append)
     assert lines == [f"nnUNetv2_train {DATASET} 2d 0 -tr Killed_1skip -p nnUNetPlans --npz -device cpu --c"]
@@ -367,7 +403,7 @@ def test_slurm_script(nnunet_root, tmp_path):
     first, second = (calls / "1.txt").read_text(), (calls / "2.txt").read_text()
     assert "--array=0-11" in first.splitlines()[0]
     assert "--dependency=afterany:1001" in second.splitlines()[0]
-    assert "ablation" in second and "--aggregate-only" in second
+    assert "-m nnunet_swin.cli ablate-skips" in second and "--aggregate-only" in second
 
 
 @pytest.mark.slow

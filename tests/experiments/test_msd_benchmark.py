@@ -112,9 +112,16 @@ def test_first_call_reports_the_malformed_task_and_benchmarks_the_good_one(bench
     assert first.returncode == 1, text[-3000:]  # a task was skipped
     assert "[SKIPPED]" in text and "Task98_Broken: malformed MSD task" in text and "labelsTr/ is missing" in text
     assert sorted(os.listdir(bench["env"]["nnUNet_raw"])) == [DATASET]  # nothing of the broken task, no staging
-    for program in ("nnUNetv2_convert_MSD_dataset", "nnUNetv2_plan_and_preprocess", "nnUNetv2_train"):
+    for program in ("nnUNetv2_convert_MSD_dataset", "nnUNetv2_plan_and_preprocess"):
         assert f"[run] {program}" in text
     assert "[run] find_best_configuration" in text
+    # a line per task converted and planned, run i of N while training
+    assert "[task 1 of 2] Task97_SynthMSD: conversion and preprocessing" in text
+    assert "[task 2 of 2] Task98_Broken: conversion and preprocessing" in text
+    assert f"[done] Task97_SynthMSD -> {os.path.join(bench['env']['nnUNet_raw'], DATASET)}" in text
+    assert f"[done] {DATASET}: nnUNetPlans 2d planned and preprocessed" in text
+    assert f"[run] run 1 of 2: nnUNetv2_train {DATASET} 2d 0 -tr MsdShortSwin" in text
+    assert f"[run] run 2 of 2: nnUNetv2_train {DATASET} 2d 0 -tr MsdShortCNN" in text
 
 
 @pytest.mark.slow

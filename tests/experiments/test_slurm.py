@@ -166,7 +166,7 @@ def test_ablation_on_slurm_failed_task_then_resubmit(cluster, study):
     open(fail_marker, "w").close()
     out = os.path.join(root, "ablation out")
     script = os.path.join(root, "ablate it.sh")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "ablate_skips.py"), "-d", str(DATASET_ID),
+    proc = subprocess.run([sys.executable, "-m", "nnunet_swin.cli", "ablate-skips", "-d", str(DATASET_ID),
                            "--folds", "0", "--skips", "0", "3", "--trainer-pattern", "SlurmShort_{k}skip",
                            "--device", "cpu", "--out", out, "--slurm", script,
                            f"--slurm-option=--partition {PARTITION}", "--slurm-option=--time=20"],
@@ -241,7 +241,7 @@ def test_msd_benchmark_on_slurm_without_the_archive(cluster, tmp_path_factory):
         tf.add(folder, arcname="Task96_SlurmMSD")
     out = os.path.join(root, "board")
     script = os.path.join(root, "msd.sh")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "msd_benchmark.py"), "downloads",
+    proc = subprocess.run([sys.executable, "-m", "nnunet_swin.cli", "benchmark-msd", "downloads",
                            "--trainers", "SlurmShort_3skip:2d", "--folds", "0", "--device", "cpu", "-np", "1",
                            "--out", out, "--slurm", script, f"--slurm-option=--partition {PARTITION}"],
                           env=env, capture_output=True, text=True, timeout=300, cwd=root)
