@@ -4,8 +4,8 @@ fold, then a report from nnU-Net's validation outputs.
 Jobs: ``--skips`` x ``--folds`` (repeats dropped), trainer ``--trainer-pattern.format(k=skips)`` (default
 ``nnUNetTrainerSwinUnet_{k}skip``) on one configuration ``-c`` (default ``2d``; ``3d_fullres`` or any other
 the data set's plans have: the trainers build the 3D network from that plan; one the plans lack is an
-error naming the planned ones), run by the shared study pipeline (:mod:`nnunet_swin.experiments.study`: checks first, resumable,
-locked per run, one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
+error naming the planned ones), run by the shared study pipeline (:mod:`nnunet_swin.experiments.study`:
+checks first, resumable, locked per run, one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
 (``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<f>``).
 
 One study is one data set, configuration and plans: its folder holds no other (a 2D and a 3D study never

@@ -295,7 +295,8 @@ def run_jobs(jobs: Sequence[Job], out_dir: str, device: str = "cuda", gpus: str 
              dry_run: bool = False, environ=None, log_tail_lines: int = 40, echo: Echo = print) -> RunReport:
     """Run ``jobs`` locally: sequentially, or with ``gpus`` one run per GPU at a time (queued).
 
-    Logs go to ``<out_dir>/logs/<job>.log``, records to ``<out_dir>/runs/<job>.json``. With ``dry_run`` the nnUNetv2_train commands are printed (and returned as records with status dry_run), nothing runs."""
+    Logs go to ``<out_dir>/logs/<job>.log``, records to ``<out_dir>/runs/<job>.json``. With ``dry_run`` the
+    nnUNetv2_train commands are printed (and returned as records with status dry_run), nothing runs."""
     environ = os.environ if environ is None else environ
     gpu_list = parse_gpus(gpus)
     if gpu_list and device != "cuda":

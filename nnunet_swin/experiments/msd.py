@@ -361,6 +361,16 @@ def _converted_ok(folder: str) -> bool:
     return len(labels) == n
 
 
+def check_id_free(task: MSDTask, id_offset: int, environ) -> None:
+    """Raise :class:`TaskError` when another data set has the task's id (nnU-Net's converter would refuse)."""
+    name = task.dataset_name(id_offset)
+    others = {d: v for d, v in _datasets_with_id(task.dataset_id(id_offset), environ).items() if d != name}
+    if others:
+        d, var = next(iter(others.items()))
+        raise TaskError(f"{task.task_name}: data set id {task.dataset_id(id_offset)} is already taken by {d} in {var}; "
+                        f"use --id-offset N to give the MSD tasks ids N + task number")
+
+
 def conversion_args(task: MSDTask, source: str, id_offset: int, num_processes: int) -> list[str]:
     return ["-i", source, "-overwrite_id", str(task.dataset_id(id_offset)), "-np", str(num_processes)]
 
@@ -371,11 +381,7 @@ def convert_task(task: MSDTask, id_offset: int = 0, num_processes: int = 4, envi
     environ = dict(os.environ if environ is None else environ)
     raw = env_path("nnUNet_raw", environ)
     name = task.dataset_name(id_offset)
-    others = {d: v for d, v in _datasets_with_id(task.dataset_id(id_offset), environ).items() if d != name}
-    if others:
-        d, var = next(iter(others.items()))
-        raise TaskError(f"{task.task_name}: data set id {task.dataset_id(id_offset)} is already taken by {d} in {var}; "
-                        f"use --id-offset N to give the MSD tasks ids N + task number")
+    check_id_free(task, id_offset, environ)
     target = os.path.join(raw, name)
     if os.path.isdir(target):
         if _converted_ok(target):

@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from nnunet_swin.experiments.checks import SetupError
-from nnunet_swin.experiments.jobs import DEFAULT_FOLDS, FoldState, Job, fold_state, recorded_jobs
+from nnunet_swin.experiments.jobs import FoldState, Job, fold_state, recorded_jobs
 from nnunet_swin.experiments.leaderboard import TaskBoard, task_board, write_overall, write_task_board
 from nnunet_swin.experiments.models import Model, find_best
 from nnunet_swin.experiments.msd import (
     TASK_RE,
     MSDTask,
     TaskError,
+    check_id_free,
     check_task,
     conversion_args,
     convert_task,
@@ -233,6 +234,7 @@ def _list_preparation(task: MSDTask, models: Sequence[Model], optional: frozense
     """A dry run's preparation: the task checked as the real run checks it (a malformed one raises
     :class:`TaskError`, reported as [SKIPPED]), then the conversion and preprocessing commands still to run."""
     dataset = task.dataset_name(o.id_offset)
+    check_id_free(task, o.id_offset, environ)
     if not os.path.isdir(os.path.join(env_path("nnUNet_raw", environ), dataset)):
         check_task(task)
         echo(shlex.join(["nnUNetv2_convert_MSD_dataset", *conversion_args(task, task.source, o.id_offset,

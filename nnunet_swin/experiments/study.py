@@ -7,8 +7,8 @@ Owns:
   arguments the SLURM aggregation job gets back (``argv``), so no option is written twice and none is lost
   on the way to the cluster; :class:`StudyOptions` holds those both studies have;
 * :func:`run_study`: checks before any work (option values, data sets and plans, then nnU-Net's trainer
-  lookup and the device in one helper process, then the report folder's study), then SLURM script / dry run / run, the runs recorded by earlier calls merged
-  in, the study's aggregation, and ``runs.csv``;
+  lookup and the device in one helper process, then the report folder's study), then SLURM script / dry
+  run / run, the runs recorded by earlier calls merged in, the study's aggregation, and ``runs.csv``;
 * :func:`handle`: a set-up error is one line on stderr and exit code 2.
 
 A study supplies what differs (:class:`Study`): its trainers, how its jobs are prepared, how recorded runs
@@ -22,7 +22,7 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol
 
 from nnunet_swin.experiments.checks import SetupError, check_devices_and_trainers
 from nnunet_swin.experiments.jobs import DEFAULT_FOLDS, Job, run_rows, write_runs_csv
@@ -158,10 +158,13 @@ class Plan:
 
 
 class Study(Protocol):
-    #: SLURM job name and runs.csv's leading tag columns.
-    def job_name(self, plan: Plan) -> str: ...
+    """What differs between the studies; :func:`run_study` calls these in this order."""
 
+    #: runs.csv's leading columns (the jobs' tags).
     tag_names: tuple[str, ...]
+
+    def job_name(self, plan: Plan) -> str:
+        """The SLURM job name."""
 
     def check(self, options: StudyOptions, environ: dict) -> None:
         """The quick checks (option values, nnU-Net paths, data sets, plans); raise SetupError or ValueError."""
@@ -198,10 +201,10 @@ def run_study(study: Study, options: StudyOptions, environ=None, echo: Echo = pr
     merged = study.merge(plan, records_dir, environ)  # before training: another study's folder is refused now
     if o.slurm:
         if not plan.jobs:
-            echo("no runs could be prepared; no SLURM script written")
+            echo("no task could be prepared; no SLURM script written")
             return 1
-        aggregate = [sys.executable, "-m", "nnunet_swin.cli", o.command, *study.aggregation_options(plan, environ).argv(),
-                     "--out", plan.out_dir, "--aggregate-only"]
+        aggregate = [sys.executable, "-m", "nnunet_swin.cli", o.command,
+                     *study.aggregation_options(plan, environ).argv(), "--out", plan.out_dir, "--aggregate-only"]
         write_slurm_script(o.slurm, plan.jobs, plan.out_dir, aggregate, device=o.device, job_name=study.job_name(plan),
                            sbatch_options=o.slurm_options, cpus_per_task=o.slurm_cpus, environ=environ)
         echo(f"wrote {o.slurm}: {len(plan.jobs)} array tasks + aggregation into {plan.out_dir}; "
