@@ -276,8 +276,8 @@ class _Queue:
             rec = RunRecord(job=job, status=Status.FAILED, error=f"{type(e).__name__}: {e}")
             self.echo(f"[FAILED] {job.name}: {type(e).__name__}: {e}")
         self.results[i] = rec
-        trained = rec.status != Status.ALREADY_COMPLETE and rec.state_before == FoldState.FRESH
-        self.progress.run_finished(rec.wall_time_s if trained and rec.wall_time_s else None)
+        whole = rec.status == Status.COMPLETED and rec.state_before == FoldState.FRESH  # a whole training's time
+        self.progress.run_finished(rec.wall_time_s if whole else None)
 
     def work(self, gpu: str | None) -> None:
         while True:
