@@ -10,7 +10,7 @@ run ``nnunet-swin ablate-skips`` / ``benchmark-msd``):
 * ``preflight [--trainer NAME ...]``: nnU-Net's trainer lookup and the devices torch sees, as JSON
   (:mod:`nnunet_swin.experiments.checks`);
 * ``model-cost`` and ``find-best``: the MSD benchmark's measurements in nnU-Net's predictor and nnU-Net's
-  ``find_best_configuration`` (:mod:`nnunet_swin.experiments.find_best`).
+  ``find_best_configuration`` (:mod:`nnunet_swin.experiments.models`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ import json
 import os
 import sys
 
+from nnunet_swin.experiments.checks import preflight_report
 from nnunet_swin.experiments.jobs import TRAIN_PROGRAM, FoldState, Job, fold_state
+from nnunet_swin.experiments.local import run_one
+from nnunet_swin.experiments.models import measure_model_cost, run_find_best_configuration
 from nnunet_swin.experiments.nnunet_files import atomic_write
+from nnunet_swin.experiments.slurm import array_spec
 
 PROG = "python -m nnunet_swin.experiments.worker"
 
@@ -54,8 +58,6 @@ def _train(argv: list[str]) -> int:
 
 
 def _run_job(argv: list[str]) -> int:
-    from nnunet_swin.experiments.local import run_one
-
     p = argparse.ArgumentParser(prog=f"{PROG} run-job")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda")
@@ -74,8 +76,6 @@ def _run_job(argv: list[str]) -> int:
 
 
 def _pending(argv: list[str]) -> int:
-    from nnunet_swin.experiments.slurm import array_spec
-
     argparse.ArgumentParser(prog=f"{PROG} pending").parse_args(argv)
     jobs = [Job.from_dict(d) for d in json.load(sys.stdin)]
     print(array_spec([i for i, job in enumerate(jobs) if fold_state(job.fold_dir()) != FoldState.COMPLETE]))
@@ -83,8 +83,6 @@ def _pending(argv: list[str]) -> int:
 
 
 def _preflight(argv: list[str]) -> int:
-    from nnunet_swin.experiments.checks import preflight_report
-
     p = argparse.ArgumentParser(prog=f"{PROG} preflight")
     p.add_argument("--trainer", action="append", default=[])
     a = p.parse_args(argv)
@@ -93,8 +91,6 @@ def _preflight(argv: list[str]) -> int:
 
 
 def _model_cost(argv: list[str]) -> int:
-    from nnunet_swin.experiments.find_best import measure_model_cost
-
     p = argparse.ArgumentParser(prog=f"{PROG} model-cost")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--fold", required=True)
@@ -105,8 +101,6 @@ def _model_cost(argv: list[str]) -> int:
 
 
 def _find_best(argv: list[str]) -> int:
-    from nnunet_swin.experiments.find_best import run_find_best_configuration
-
     p = argparse.ArgumentParser(prog=f"{PROG} find-best")
     p.add_argument("-d", required=True)
     p.add_argument("-f", nargs="+", type=int, required=True)
