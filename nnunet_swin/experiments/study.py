@@ -116,13 +116,14 @@ class StudyOptions:
     def argv(self) -> list[str]:
         """The command-line arguments that mean these options, less those that only steer training and
         those at their default (for reports and the SLURM aggregation job)."""
+        positional: list[str] = []  # first: an option with nargs="+" before them would take them
         out: list[str] = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not f.metadata["to_cluster"]:
                 continue
             if not f.metadata["flags"]:
-                out += list(map(str, value))
+                positional += list(map(str, value))
                 continue
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if default is not dataclasses.MISSING and _same(value, default):
@@ -135,7 +136,7 @@ class StudyOptions:
                 out += [flag, *map(str, value)]
             else:
                 out += [flag, str(value)]
-        return out
+        return positional + out
 
 
 def _same(value, default) -> bool:

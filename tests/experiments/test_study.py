@@ -39,6 +39,12 @@ def test_every_report_option_reaches_the_aggregation_job(module, options):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             assert getattr(options, f.name) != default, f"{f.name} is at its default in this test"
     back = cls.from_args(_parser(module).parse_args([cls.command, *options.argv()]))
+    # positional arguments first: after an option taking several values (--folds 0 1) they would be its values
+    assert options.argv()[:2] == ["/a/Task04_X.tar", "/b"] if module is mb else options.argv()[0].startswith("--")
+    only_folds = dataclasses.replace(options, **{f.name: f.default for f in dataclasses.fields(cls)
+                                                 if f.name not in ("folds", "paths", "dataset")
+                                                 and f.default is not dataclasses.MISSING})
+    assert cls.from_args(_parser(module).parse_args([cls.command, *only_folds.argv()])) == only_folds
     for f in dataclasses.fields(cls):
         if f.name not in shared:
             assert [str(v) for v in getattr(back, f.name)] == [str(v) for v in getattr(options, f.name)] \
