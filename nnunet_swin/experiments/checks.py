@@ -94,13 +94,13 @@ def preflight(trainers: Sequence[str], environ: dict) -> dict:
         raise SetupError(f"checking the trainers with nnU-Net's lookup failed: {last}") from None
 
 
-def trainer_problem(name: str, reason: str, known: Sequence[str]) -> str:
-    """One line: the trainer nnU-Net cannot load, why, and the closest names it can."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.8)
+def trainer_problem(names: Sequence[str], reason: str, known: Sequence[str]) -> str:
+    """One line: the trainers nnU-Net cannot load (for one reason), why, and the names closest to the first."""
+    close = difflib.get_close_matches(names[0], known, n=3, cutoff=0.8)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `nnunet-swin trainers` lists ours"
     if reason.startswith("RuntimeError: Could not find"):
         reason = "not found in nnunetv2.training.nnUNetTrainer or on nnUNet_extTrainer"
-    return f"trainer {name}: {reason}{hint}"
+    return f"trainer{'s' if len(names) > 1 else ''} {', '.join(names)}: {reason}{hint}"
 
 
 def device_problem(device: str | None, report: dict) -> str | None:
@@ -117,7 +117,10 @@ def check_devices_and_trainers(trainers: Sequence[str], device: str | None, envi
     """Raise :class:`SetupError` for the first trainer nnU-Net cannot load or a device torch does not see
     (``device`` None: not checked, e.g. for a SLURM script written on a login node)."""
     report = preflight(trainers, environ)
-    problems = [trainer_problem(name, reason, report["known"]) for name, reason in report["missing"].items()]
+    by_reason: dict[str, list[str]] = {}  # a misspelled pattern: one line for all its trainers
+    for name, reason in report["missing"].items():  # nnU-Net's message, less the name and its search path
+        by_reason.setdefault(reason.split(" in nnunetv2")[0].replace(name, "*"), []).append(name)
+    problems = [trainer_problem(names, report["missing"][names[0]], report["known"]) for names in by_reason.values()]
     problem = "; ".join(problems) or device_problem(device, report)
     if problem:
         raise SetupError(problem)

@@ -51,7 +51,8 @@ def test_ablate_skips_refuses_bad_input_before_any_work(tmp_path):
     env = _env(str(tmp_path))
     base = ["ablate-skips", "-d", "4", "-f", "0"]
     line = _refused(env, *base, "-tr", "nnUNetTrainerSwinUnt_{k}skip", "-device", "cpu")
-    assert line.startswith("ablate-skips: error: trainer nnUNetTrainerSwinUnt_0skip: not found in "
+    assert line.startswith("ablate-skips: error: trainers nnUNetTrainerSwinUnt_0skip, nnUNetTrainerSwinUnt_1skip, "
+                           "nnUNetTrainerSwinUnt_2skip, nnUNetTrainerSwinUnt_3skip: not found in "
                            "nnunetv2.training.nnUNetTrainer or on nnUNet_extTrainer; did you mean "
                            "nnUNetTrainerSwinUnet_0skip"), line
     assert _refused(env, *base, "--skips", "5", "-device", "cpu") == (
@@ -103,10 +104,10 @@ def test_a_truncated_plans_file_is_reported_as_such(tmp_path):
 
 def test_trainer_problem_suggests_close_names():
     known = ["nnUNetTrainer", "nnUNetTrainerSwinUnet_0skip", "nnUNetTrainerNoDA"]
-    assert checks.trainer_problem("nnUNetTrainr", "RuntimeError: Could not find requested nnunet trainer", known) == (
+    assert checks.trainer_problem(["nnUNetTrainr"], "RuntimeError: Could not find requested nnunet trainer", known) == (
         "trainer nnUNetTrainr: not found in nnunetv2.training.nnUNetTrainer or on nnUNet_extTrainer; did you mean "
         "nnUNetTrainer or nnUNetTrainerNoDA?")
-    assert checks.trainer_problem("Zzz", "ImportError: no module named x", known).endswith(
+    assert checks.trainer_problem(["Zzz"], "ImportError: no module named x", known).endswith(
         "ImportError: no module named x; `nnunet-swin trainers` lists ours")
 
 
