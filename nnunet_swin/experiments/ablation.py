@@ -468,7 +468,7 @@ class AblationStudy:
     def check(self, o: AblationOptions, environ: dict) -> None:
         dataset = resolve_dataset_name(o.dataset, environ)
         check_skips(_unique(int(k) for k in o.skips), o.trainer_pattern)
-        trainer_name(o.trainer_pattern, 0)
+        trainer_name(o.trainer_pattern, 0)  # the pattern has its {k}
         if not o.aggregate_only:
             check_planned(dataset, o.plans, o.configuration, environ)
         if not o.out:

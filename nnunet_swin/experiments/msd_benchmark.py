@@ -37,7 +37,7 @@ import dataclasses
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from nnunet_swin.experiments.checks import SetupError
@@ -262,9 +262,11 @@ def _prepare(task: MSDTask, models: Sequence[Model], optional: frozenset[str], o
 
 @dataclass
 class Prepared:
-    """The tasks a call prepared, (task, data set name) each."""
+    """The tasks a call prepared, (task, data set name) each, and the benchmark folder's whole study
+    (:func:`study_tasks`: these and the tasks, models and folds earlier calls recorded)."""
 
     tasks: list[tuple[MSDTask, str]]
+    studied: list[tuple[MSDTask, str, list[Model], list[str]]] = field(default_factory=list)
 
 
 class BenchmarkStudy:
