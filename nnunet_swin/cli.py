@@ -13,8 +13,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from nnunet_swin import __version__
-from nnunet_swin.experiments.ablation import add_ablate_skips_parser
-from nnunet_swin.experiments.msd_benchmark import add_benchmark_msd_parser
+from nnunet_swin.experiments import ablation, msd_benchmark
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -158,7 +157,7 @@ def bench_parser(sub) -> argparse.ArgumentParser:
 #: Every subcommand, in the order ``nnunet-swin --help`` lists them.
 SUBCOMMANDS: tuple[Callable[..., argparse.ArgumentParser], ...] = (
     demo_parser, doctor_parser, trainers_parser, ext_trainer_dir_parser, bench_parser,
-    add_ablate_skips_parser, add_benchmark_msd_parser,
+    ablation.add_parser, msd_benchmark.add_parser,
 )
 
 

@@ -26,14 +26,9 @@ import time
 
 import numpy as np
 
+from nnunet_swin.experiments.nnunet_files import is_progress_line
 from nnunet_swin.registration import ENV_VAR, append_to_env, lookup_in_subprocess, register
 from nnunet_swin.synthetic import SYNTHETIC_LABELS, dataset_folder_name, write_synthetic_dataset
-
-# lines of nnU-Net's output worth showing as progress
-_PROGRESS_MARKERS = ("Swin-Unet:", "Epoch ", "train_loss", "val_loss", "Pseudo dice", "Epoch time",
-                     "Mean Validation Dice", "Training done", "Predicting", "Done with", "WARNING",
-                     "Error", "error", "Traceback")
-
 
 DEFAULT_TRAINER = "nnUNetTrainerSwinUnet_demo"  # reads the schedule from NNUNET_SWIN_DEMO_EPOCHS/_ITERS
 VAL_ITERATIONS = 5
@@ -111,7 +106,7 @@ def run_step(title: str, cmd: list[str], env: dict, verbose: bool = False, log_p
             if log:
                 log.write(line)
             text = line.rstrip()
-            if verbose or any(m in text for m in _PROGRESS_MARKERS):
+            if verbose or is_progress_line(text):
                 print(f"    [{time.time() - start:6.0f}s] {text[:200]}", flush=True)
         rc = proc.wait()
     finally:

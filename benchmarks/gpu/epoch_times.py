@@ -17,7 +17,7 @@ import sys
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_swin.experiments.runner import atomic_write
+from nnunet_swin.experiments.nnunet_files import atomic_write
 from nnunet_swin.trainers import ShortSchedule, nnUNetTrainerSwinUnet
 
 

@@ -4,8 +4,8 @@ fold, then a report from nnU-Net's validation outputs.
 Jobs: ``--skips`` x ``--folds`` (repeats dropped), trainer ``--trainer-pattern.format(k=skips)`` (default
 ``nnUNetTrainerSwinUnet_{k}skip``) on one configuration ``-c`` (default ``2d``; ``3d_fullres`` or any other
 the data set's plans have: the trainers build the 3D network from that plan; one the plans lack is an
-error naming the planned ones), run by :mod:`nnunet_swin.experiments.runner` (resumable, locked per run,
-one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
+error naming the planned ones), run by the shared study pipeline (:mod:`nnunet_swin.experiments.study`:
+checks first, resumable, locked per run, one run per GPU, or a SLURM array). Each run is an ordinary nnU-Net result
 (``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<f>``).
 
 One study is one data set, configuration and plans: its folder holds no other (a 2D and a 3D study never
@@ -32,13 +32,22 @@ import argparse
 import io
 import math
 import os
-import re
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from nnunet_swin.experiments.metrics import (
-    DEFAULT_NSD_TOLERANCE_MM,
+from nnunet_swin.experiments.checks import SetupError
+from nnunet_swin.experiments.jobs import DEFAULT_FOLDS, FoldState, Job, fold_state, load_record, recorded_jobs
+from nnunet_swin.experiments.metrics import per_case_rows
+from nnunet_swin.experiments.nnunet_files import (
+    atomic_write,
+    csv_text,
+    dataset_id_text,
+    gt_segmentations_dir,
+    not_planned_message,
+    planned_configurations,
+    resolve_dataset_name,
+)
+from nnunet_swin.experiments.stats import (
     EMPTY_CONVENTION,
     METRICS,
     MM,
@@ -50,32 +59,15 @@ from nnunet_swin.experiments.metrics import (
     fmt,
     fmt_p,
     mean_std,
-    per_case_rows,
     pm,
     wilcoxon_p,
 )
-from nnunet_swin.experiments.runner import (
-    COMPLETE,
-    Job,
-    add_slurm_arguments,
-    atomic_write,
-    csv_text,
-    fold_state,
-    load_record,
-    not_planned_message,
-    planned_configurations,
-    recorded_jobs,
-    resolve_dataset_name,
-    run_jobs,
-    run_rows,
-    summarize_report,
-    write_runs_csv,
-    write_slurm_script,
-)
+from nnunet_swin.experiments.study import REQUIRED, Plan, StudyOptions, add_study_parser, handle, option, run_study
 
 DEFAULT_TRAINER_PATTERN = "nnUNetTrainerSwinUnet_{k}skip"
-DEFAULT_SKIPS = (0, 1, 2, 3)
-DEFAULT_FOLDS = ("0", "1", "2", "3", "4")
+#: The skip counts the Swin-Unet trainers (the default pattern) exist for.
+SWIN_UNET_SKIPS = (0, 1, 2, 3)
+DEFAULT_SKIPS = SWIN_UNET_SKIPS
 REFERENCE_SKIPS = 3
 MEAN_LABEL = "mean"
 
@@ -83,11 +75,11 @@ PER_CASE_COLUMNS = ("configuration", "skips", "fold", "case", "label", "label_va
                     "n_ref", "n_pred", "trainer")
 
 
-
 # --- jobs --------------------------------------------------------------------------------------------
 def trainer_name(pattern: str, k: int) -> str:
     if "{k}" not in pattern:
-        raise ValueError(f"--trainer-pattern must contain '{{k}}' (the skip count), got {pattern!r}")
+        raise SetupError(f"--trainer-pattern must contain '{{k}}' (the skip count), got {pattern!r}; "
+                         f"e.g. {DEFAULT_TRAINER_PATTERN}")
     return pattern.format(k=k)
 
 
@@ -105,21 +97,21 @@ def build_jobs(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlan
             for f in _unique(str(f) for f in folds) for k in _unique(int(k) for k in skips)]
 
 
-def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str) -> list[Job]:
+def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str, environ=None) -> list[Job]:
     """``jobs`` and the runs of the same study (data set, configuration, plans) that earlier calls recorded
     in ``records_dir``, fold outermost. A recorded run of another data set, configuration (a 2D study and a
     3D one), plans or trainer pattern means the folder holds another study: an error, since the two cannot
     share one report."""
     first = jobs[0]
-    recorded = [j for j in recorded_jobs(records_dir) if "skips" in dict(j.tags)]
+    recorded = [j for j in recorded_jobs(records_dir, environ) if "skips" in dict(j.tags)]
     for j in recorded:
         k = int(dict(j.tags)["skips"])
         if (j.dataset, j.configuration, j.plans) != (first.dataset, first.configuration, first.plans):
-            raise ValueError(f"{os.path.dirname(records_dir)} holds a study of {j.dataset} {j.configuration} (plans "
+            raise SetupError(f"{os.path.dirname(records_dir)} holds a study of {j.dataset} {j.configuration} (plans "
                              f"{j.plans}), not {first.dataset} {first.configuration} (plans {first.plans}); give "
                              "this study its own --out")
         if j.trainer != trainer_name(trainer_pattern, k):
-            raise ValueError(f"{os.path.dirname(records_dir)} holds a study of trainer {j.trainer} for {k} skips, "
+            raise SetupError(f"{os.path.dirname(records_dir)} holds a study of trainer {j.trainer} for {k} skips, "
                              f"not {trainer_name(trainer_pattern, k)} (--trainer-pattern {trainer_pattern}); "
                              "give this study its own --out")
     study = _unique([*jobs, *recorded])
@@ -128,16 +120,23 @@ def study_jobs(jobs: Sequence[Job], records_dir: str, trainer_pattern: str) -> l
 
 
 def check_planned(dataset: str, plans: str, configuration: str, environ=None) -> None:
-    """Raise ValueError, naming the planned configurations, when nnU-Net has not planned ``configuration`` for
+    """Raise SetupError, naming the planned configurations, when nnU-Net has not planned ``configuration`` for
     the data set (every ``nnUNetv2_train`` of the study would fail): 3d_fullres exists for 3D images only."""
     planned = planned_configurations(dataset, plans, environ)
     if planned is None:
-        m = re.match(r"Dataset(\d+)_", dataset)
-        raise ValueError(f"{dataset} has no plans {plans} in nnUNet_preprocessed; plan and preprocess it first, "
-                         f"e.g. nnUNetv2_plan_and_preprocess -d {int(m.group(1)) if m else dataset} -c {configuration}")
+        raise SetupError(f"{dataset} has no plans {plans} in nnUNet_preprocessed; plan and preprocess it first, "
+                         f"e.g. nnUNetv2_plan_and_preprocess -d {dataset_id_text(dataset)} -c {configuration}")
     problem = not_planned_message(dataset, plans, [configuration], planned)
     if problem:
-        raise ValueError(problem)
+        raise SetupError(problem)
+
+
+def check_skips(skips: Sequence[int], trainer_pattern: str) -> None:
+    """The default trainers exist for 0 to 3 skips (a pattern of the user's is checked by nnU-Net's lookup)."""
+    bad = [k for k in skips if k not in SWIN_UNET_SKIPS]
+    if bad and trainer_pattern == DEFAULT_TRAINER_PATTERN:
+        raise SetupError(f"--skips {' '.join(map(str, bad))}: Swin-Unet has 0 to 3 skip connections "
+                         f"({DEFAULT_TRAINER_PATTERN} exists for k = 0, 1, 2, 3)")
 
 
 def default_out_dir(dataset: str, plans: str, configuration: str, environ=None) -> str:
@@ -397,29 +396,24 @@ class AggregateResult:
         return not self.missing and bool(self.per_case)
 
 
-def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo: Callable[[str], None] = print
-              ) -> AggregateResult:
+def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, records: Sequence[dict], environ=None,
+              echo: Callable[[str], None] = print) -> AggregateResult:
+    """per_case.csv, summary.csv, summary.md and the plot over ``jobs`` (``records``: their runs.csv rows)."""
     environ = os.environ if environ is None else environ
     res = AggregateResult()
     for job in jobs:
         k = dict(job.tags)["skips"]
-        if fold_state(job.fold_dir(environ)) != COMPLETE:
+        fold_dir = job.fold_dir(environ)
+        if fold_state(fold_dir) != FoldState.COMPLETE:
             res.missing.append(f"{k} skips, fold {job.fold} ({job.trainer}): no checkpoint_final.pth + "
-                               f"validation/summary.json in {job.fold_dir(environ)}"
+                               f"validation/summary.json in {fold_dir}"
                                + failure_note(load_record(os.path.join(out_dir, "runs"), job)))
             continue
-        res.per_case.extend({"configuration": job.configuration, "skips": int(k), **row}
-                            for row in per_case_rows(job, environ, meta["nsd_tolerance_mm"]))
-    os.makedirs(out_dir, exist_ok=True)
-    records = run_rows(jobs, os.path.join(out_dir, "runs"), environ, keep=True)
-    runs_csv = os.path.join(out_dir, "runs.csv")
-    write_runs_csv(runs_csv, records, ("skips",))
-    res.files.append(runs_csv)
-    flat_runs = []
-    for rec in records:
-        job = rec["job"]
-        flat_runs.append({**dict((a, b) for a, b in job.get("tags", [])), "fold": job["fold"],
-                          "trainer": job["trainer"], **{k: v for k, v in rec.items() if k != "job"}})
+        rows = per_case_rows(fold_dir, gt_segmentations_dir(job.dataset, environ), job.fold, job.trainer,
+                             meta["nsd_tolerance_mm"])
+        res.per_case.extend({"configuration": job.configuration, "skips": int(k), **row} for row in rows)
+    flat_runs = [{**dict((a, b) for a, b in rec["job"].get("tags", [])), "fold": rec["job"]["fold"],
+                  "trainer": rec["job"]["trainer"], **{k: v for k, v in rec.items() if k != "job"}} for rec in records]
     if not res.per_case:
         echo("No completed runs to aggregate yet.")
         return res
@@ -437,130 +431,100 @@ def aggregate(jobs: Sequence[Job], out_dir: str, meta: dict, environ=None, echo:
     plot_dice_vs_skips(png, res.summary, f"{meta['dataset']} ({meta['configuration']}, {meta['plans']})")
     res.files.append(png)
     return res
+# --- the study --------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class AblationOptions(StudyOptions):
+    """``nnunet-swin ablate-skips``'s options (field names are the argparse destinations)."""
+
+    command = "ablate-skips"
+
+    dataset: str = option("-d", "--dataset", default=REQUIRED, help="nnU-Net data set id or name (planned and "
+                                                                    "preprocessed)")
+    configuration: str = option("-c", "--configuration", default="2d",
+                                help="nnU-Net configuration the data set is planned with: 2d, 3d_fullres, "
+                                     "3d_lowres, ...")
+    plans: str = option("-p", "--plans", default="nnUNetPlans", help="plans identifier")
+    skips: list[int] = option("--skips", nargs="+", type=int, default=DEFAULT_SKIPS, metavar="K",
+                              help="skip counts; Swin-Unet's trainers exist for 0 to 3")
+    trainer_pattern: str = option("-tr", "--trainer-pattern", default=DEFAULT_TRAINER_PATTERN, metavar="PATTERN",
+                                  help="trainer class name with {k} for the skip count; the study trains one "
+                                       "trainer per --skips entry, so -tr takes this pattern, not one trainer "
+                                       f"(default: {DEFAULT_TRAINER_PATTERN})")
+    out: str | None = option("--out", to_cluster=False, metavar="DIR",
+                             help="report folder (default: $nnUNet_results/<dataset>/ablation_skips__<plans>__"
+                                  "<configuration>)")
+    reference: int = option("--reference-skips", type=int, default=REFERENCE_SKIPS, metavar="K",
+                            help="variant the others are tested against")
 
 
-# --- entry point -------------------------------------------------------------------------------------
-def run_ablation(dataset: str, configuration: str = "2d", plans: str = "nnUNetPlans",
-                 folds: Sequence = DEFAULT_FOLDS, skips: Sequence[int] = DEFAULT_SKIPS,
-                 trainer_pattern: str = DEFAULT_TRAINER_PATTERN, device: str = "cuda", gpus: str | None = None,
-                 slurm: str | None = None, slurm_options: Sequence[str] = (), slurm_cpus: int = 1,
-                 dry_run: bool = False, out: str | None = None, aggregate_only: bool = False,
-                 reference: int = REFERENCE_SKIPS,
-                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, environ=None,
-                 echo: Callable[[str], None] = print) -> int:
-    """The whole study. Returns the exit code: 0 when every run completed and the report covers them all.
+class AblationStudy:
+    """The skip ablation in :func:`nnunet_swin.experiments.study.run_study`'s terms."""
 
-    The report covers the runs asked for *and* every run of the same study recorded in ``out`` by earlier
-    calls (:func:`study_jobs`): a narrower rerun into the same folder never shrinks the report. For a report
-    on fewer runs, give another ``--out``."""
-    environ = os.environ if environ is None else environ
-    skips = _unique(int(k) for k in skips)
-    folds = _unique(str(f) for f in folds)
-    # The full name (not the id) in the jobs: one record / log name per run however the data set was named.
-    dataset = resolve_dataset_name(dataset, environ)
-    if not aggregate_only:
-        check_planned(dataset, plans, configuration, environ)
-    jobs = build_jobs(dataset, configuration, plans, folds, skips, trainer_pattern)
-    out_dir = os.path.abspath(out or default_out_dir(dataset, plans, configuration, environ))
-    meta = {"dataset": dataset, "configuration": configuration, "plans": plans,
-            "trainer_pattern": trainer_pattern, "skips": skips, "folds": folds, "reference": int(reference),
-            "nsd_tolerance_mm": float(nsd_tolerance_mm)}
-    if slurm:
-        agg = [sys.executable, "-m", "nnunet_swin.experiments.ablation", "-d", str(dataset), "-c", configuration,
-               "-p", plans, "--folds", *folds, "--skips", *map(str, skips), "--trainer-pattern", trainer_pattern,
-               "--out", out_dir, "--reference-skips", str(reference), "--nsd-tolerance", str(nsd_tolerance_mm),
-               "--aggregate-only"]
-        write_slurm_script(slurm, jobs, out_dir, agg, device=device, job_name=f"ablate_skips_{meta['dataset']}",
-                           sbatch_options=slurm_options, cpus_per_task=slurm_cpus, environ=environ)
-        echo(f"wrote {slurm}: {len(jobs)} array tasks + aggregation into {out_dir}; submit with `bash {slurm}`")
-        return 0
+    tag_names = ("skips",)
 
-    ok = True
-    if not aggregate_only:
-        report = run_jobs(jobs, out_dir, device=device, gpus=gpus, dry_run=dry_run, environ=environ, echo=echo)
-        if dry_run:
-            return 0
-        echo(summarize_report(report))
-        ok = report.all_ok
-    study = study_jobs(jobs, os.path.join(out_dir, "runs"), trainer_pattern)
-    if len(study) > len(jobs):
-        echo(f"note: {out_dir} also holds {len(study) - len(jobs)} earlier runs of this study; the report covers "
-             f"all {len(study)} (use another --out for a report on these runs only)")
-    meta.update(skips=sorted({int(dict(j.tags)["skips"]) for j in study}), folds=_unique(j.fold for j in study))
-    if reference not in meta["skips"]:
-        echo(f"note: reference {reference} skips is not among --skips {meta['skips']}; no Wilcoxon tests.")
-    result = aggregate(study, out_dir, meta, environ, echo)
-    if result.summary:
-        echo(trend_statement(result.summary, reference=reference))
-    for f in result.files:
-        echo(f"wrote {f}")
-    if result.missing:
-        echo(f"{len(result.missing)} of {len(study)} runs incomplete:\n  " + "\n  ".join(result.missing))
-    return 0 if ok and result.complete else 1
+    def job_name(self, plan: Plan) -> str:
+        return f"ablate_skips_{plan.context['dataset']}"
+
+    def check(self, o: AblationOptions, environ: dict) -> None:
+        dataset = resolve_dataset_name(o.dataset, environ)
+        check_skips(_unique(int(k) for k in o.skips), o.trainer_pattern)
+        trainer_name(o.trainer_pattern, 0)  # the pattern has its {k}
+        if not o.aggregate_only:
+            check_planned(dataset, o.plans, o.configuration, environ)
+        if not o.out:
+            default_out_dir(dataset, o.plans, o.configuration, environ)  # needs nnUNet_results
+
+    def trainers(self, o: AblationOptions) -> list[str]:
+        return [trainer_name(o.trainer_pattern, k) for k in _unique(int(k) for k in o.skips)]
+
+    def plan(self, o: AblationOptions, environ: dict, echo: Callable[[str], None]) -> Plan:
+        skips = _unique(int(k) for k in o.skips)
+        folds = _unique(str(f) for f in o.folds)
+        # The full name (not the id) in the jobs: one record / log name per run however the data set was named.
+        dataset = resolve_dataset_name(o.dataset, environ)
+        jobs = build_jobs(dataset, o.configuration, o.plans, folds, skips, o.trainer_pattern)
+        out_dir = os.path.abspath(o.out or default_out_dir(dataset, o.plans, o.configuration, environ))
+        meta = {"dataset": dataset, "configuration": o.configuration, "plans": o.plans,
+                "trainer_pattern": o.trainer_pattern, "skips": skips, "folds": folds, "reference": int(o.reference),
+                "nsd_tolerance_mm": float(o.nsd_tolerance_mm)}
+        return Plan(jobs, out_dir, o, context=meta)
+
+    def merge(self, plan: Plan, records_dir: str, environ: dict) -> list[Job]:
+        return study_jobs(plan.jobs, records_dir, plan.options.trainer_pattern, environ)
+
+    def aggregation_options(self, plan: Plan, environ: dict) -> AblationOptions:
+        return AblationOptions(**{**vars(plan.options), "dataset": plan.context["dataset"]})
+
+    def report(self, plan: Plan, jobs: list[Job], records: list[dict], environ: dict,
+               echo: Callable[[str], None]) -> bool:
+        meta, reference = dict(plan.context), plan.context["reference"]
+        meta.update(skips=sorted({int(dict(j.tags)["skips"]) for j in jobs}), folds=_unique(j.fold for j in jobs))
+        if reference not in meta["skips"]:
+            echo(f"note: reference {reference} skips is not among --skips {meta['skips']}; no Wilcoxon tests.")
+        result = aggregate(jobs, plan.out_dir, meta, records, environ, echo)
+        if result.summary:
+            echo(trend_statement(result.summary, reference=reference))
+        for f in result.files:
+            echo(f"wrote {f}")
+        if result.missing:
+            echo(f"{len(result.missing)} of {len(jobs)} runs incomplete:\n  " + "\n  ".join(result.missing))
+        return result.complete
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-d", "--dataset", required=True, help="nnU-Net data set id or name (planned and preprocessed)")
-    p.add_argument("-c", "--configuration", default="2d",
-                   help="nnU-Net configuration the data set is planned with: 2d, 3d_fullres, 3d_lowres, ...")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("--folds", nargs="+", default=list(DEFAULT_FOLDS), help="folds")
-    p.add_argument("--skips", nargs="+", type=int, default=list(DEFAULT_SKIPS), help="skip counts")
-    p.add_argument("--trainer-pattern", default=DEFAULT_TRAINER_PATTERN,
-                   help="trainer class name with {k} for the skip count")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"], help="nnUNetv2_train -device")
-    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU at a time, queued")
-    p.add_argument("--slurm", metavar="FILE", default=None,
-                   help="write a SLURM submit script (job array + dependent aggregation) instead of running")
-    add_slurm_arguments(p)
-    p.add_argument("--dry-run", action="store_true", help="print the nnUNetv2_train commands, run nothing")
-    p.add_argument("--out", default=None,
-                   help="report folder (default: $nnUNet_results/<dataset>/ablation_skips__<plans>__<configuration>)")
-    p.add_argument("--aggregate-only", action="store_true", help="train nothing; write the report from what exists")
-    p.add_argument("--reference-skips", type=int, default=REFERENCE_SKIPS,
-                   help="variant the others are tested against")
-    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
-                   help="NSD tolerance in mm")
+def run_ablation(dataset: str, configuration: str = "2d", *, environ=None, echo: Callable[[str], None] = print,
+                 **options) -> int:
+    """The whole study (``options``: :class:`AblationOptions` fields). Returns the exit code: 0 when every
+    run completed and the report covers them all (see :func:`nnunet_swin.experiments.study.run_study`)."""
+    return run_study(AblationStudy(), AblationOptions(dataset=str(dataset), configuration=configuration, **options),
+                     environ, echo)
 
 
 def handle_args(args: argparse.Namespace) -> int:
-    """Run ``ablate-skips`` from parsed arguments; set-up errors (no such data set, nnU-Net paths unset, bad
-    pattern) print one line and give exit code 2."""
-    try:
-        return _run_from_args(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"ablate-skips: error: {e}", file=sys.stderr)
-        return 2
+    """Run ``ablate-skips`` from parsed arguments; set-up errors print one line and give exit code 2."""
+    return handle(AblationStudy(), AblationOptions.from_args(args))
 
 
-def _run_from_args(args: argparse.Namespace) -> int:
-    return run_ablation(args.dataset, args.configuration, args.plans, args.folds, args.skips, args.trainer_pattern,
-                        args.device, args.gpus, args.slurm, args.slurm_option, args.slurm_cpus, args.dry_run,
-                        args.out, args.aggregate_only, args.reference_skips, args.nsd_tolerance)
-
-
-def add_ablate_skips_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``ablate-skips`` to an argparse subparsers object; the handler is ``args.func(args) -> exit code``."""
-    p = subparsers.add_parser("ablate-skips", help="skip-connection ablation over nnU-Net folds, with a report",
-                              description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_arguments(p)
-    p.set_defaults(func=handle_args)
-    return p
-
-
-register = add_ablate_skips_parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ablate_skips", description=__doc__.split("\n\n")[0])
-    _add_arguments(p)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return handle_args(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return add_study_parser(subparsers, AblationOptions, "skip-connection ablation over nnU-Net folds, with a report",
+                            __doc__.split("\n\n")[0], handle_args)

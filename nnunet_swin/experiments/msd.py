@@ -4,7 +4,8 @@ A task is a ``TaskXX_Name`` folder as downloaded and unpacked, or its ``.tar``. 
 leaves nothing behind:
 
 * checks (:func:`check_task_folder`) run before anything is written and name each problem;
-* a ``.tar`` is unpacked (``tarfile``'s ``data`` filter: no absolute paths, no ``..``, no links out) and
+* a ``.tar`` is checked without unpacking (a dry run stops there), then unpacked (``tarfile``'s ``data``
+  filter, or the same refusals on Pythons without it: no absolute paths, no ``..``, no links out) and
   nnU-Net's ``nnUNetv2_convert_MSD_dataset`` writes into a staging folder inside ``$nnUNet_raw`` (the
   converter's nnU-Net paths point there); only a finished conversion is moved into place with one
   ``os.rename``, so ``$nnUNet_raw/DatasetXXX_Name`` is there complete or not at all;
@@ -29,11 +30,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Collection, Iterable, Sequence
 
-from nnunet_swin.experiments.metrics import load_json
-from nnunet_swin.experiments.runner import (
+from nnunet_swin.experiments.local import child_env
+from nnunet_swin.experiments.nnunet_files import (
     NNUNET_PATH_VARS,
-    child_env,
     env_path,
+    load_json,
     log_tail,
     not_planned_message,
     planned_configurations,
@@ -132,30 +133,10 @@ def _problems_text(problems: list[str]) -> str:
     return "\n  ".join(shown + ([f"... and {more} more"] if more > 0 else []))
 
 
-def check_task_folder(folder: str) -> dict:
-    """Check an unpacked task the way nnU-Net's converter and planner will use it; raise :class:`TaskError`
-    listing every problem found. Returns MSD's dataset.json."""
-    import nibabel as nib
-
+def _dataset_json_problems(meta: dict, is_file: Callable[[str], bool]) -> tuple[list[str], list[tuple[str, str, dict]]]:
+    """Problems of an MSD dataset.json (``is_file``: whether a path relative to the task exists), and the
+    (image, label, entry) of each training case whose files are there, for the NIfTI checks."""
     problems: list[str] = []
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        if not os.path.isdir(os.path.join(folder, sub)):
-            problems.append(f"{sub}/ is missing" + (" (MSD ships one; an empty folder will do if you have no test "
-                                                     "images)" if sub == "imagesTs" else ""))
-    path = os.path.join(folder, "dataset.json")
-    meta = None
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-        if not isinstance(meta, dict):
-            problems.append("dataset.json must hold a JSON object")
-            meta = None
-    except FileNotFoundError:
-        problems.append("dataset.json is missing")
-    except (OSError, ValueError) as e:
-        problems.append(f"dataset.json cannot be read as JSON ({e})")
-    if meta is None:
-        raise TaskError(f"{folder}: malformed MSD task:\n  " + _problems_text(problems))
     modality, labels, training = meta.get("modality"), meta.get("labels"), meta.get("training")
     if not isinstance(modality, dict) or not modality:
         problems.append('dataset.json: "modality" must be a non-empty object like {"0": "MRI"} (MSD format; '
@@ -169,29 +150,81 @@ def check_task_folder(folder: str) -> dict:
     if not isinstance(training, list) or not training:
         problems.append('dataset.json: "training" must be a non-empty list of {"image": ..., "label": ...}')
         training = []
-    n_channels = len(modality) if isinstance(modality, dict) else None
+    cases = []
     for i, entry in enumerate(training):
         if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
             problems.append(f'dataset.json: training[{i}] lacks "image" or "label"')
             continue
-        files = {}
+        found = 0
         for key in ("image", "label"):
-            p = os.path.normpath(os.path.join(folder, entry[key]))
-            if not p.endswith(".nii.gz"):
+            rel = os.path.normpath(str(entry[key]))
+            if not rel.endswith(".nii.gz"):
                 problems.append(f"training[{i}] {key} {entry[key]}: not a .nii.gz file")
-            elif not os.path.isfile(p):
+            elif not is_file(rel):
                 problems.append(f"training[{i}] {key} {entry[key]}: file not found")
             else:
-                files[key] = p
-        if len(files) < 2:
-            continue
+                found += 1
+        if found == 2:
+            cases.append((os.path.normpath(entry["image"]), os.path.normpath(entry["label"]), entry))
+    return problems, cases
+
+
+def _parse_dataset_json(text: str | None, problems: list[str]) -> dict | None:
+    if text is None:
+        problems.append("dataset.json is missing")
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        problems.append(f"dataset.json cannot be read as JSON ({e})")
+        return None
+    if not isinstance(meta, dict):
+        problems.append("dataset.json must hold a JSON object")
+        return None
+    return meta
+
+
+def _malformed(shown: str, problems: list[str]) -> TaskError:
+    return TaskError(f"{shown}: malformed MSD task:\n  " + _problems_text(problems))
+
+
+def _missing_subfolders(is_dir: Callable[[str], bool]) -> list[str]:
+    return [f"{sub}/ is missing" + (" (MSD ships one; an empty folder will do if you have no test images)"
+                                    if sub == "imagesTs" else "")
+            for sub in ("imagesTr", "labelsTr", "imagesTs") if not is_dir(sub)]
+
+
+def check_task_folder(folder: str, shown: str | None = None) -> dict:
+    """Check an unpacked task the way nnU-Net's converter and planner will use it; raise :class:`TaskError`
+    listing every problem found (naming ``shown``, the task as the user gave it, default ``folder``).
+    Returns MSD's dataset.json."""
+    import nibabel as nib
+
+    shown = shown or folder
+    problems = _missing_subfolders(lambda sub: os.path.isdir(os.path.join(folder, sub)))
+    text = None
+    try:
+        with open(os.path.join(folder, "dataset.json")) as f:
+            text = f.read()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        raise _malformed(shown, [*problems, f"dataset.json cannot be read ({e})"]) from None
+    meta = _parse_dataset_json(text, problems)
+    if meta is None:
+        raise _malformed(shown, problems)
+    json_problems, cases = _dataset_json_problems(meta, lambda rel: os.path.isfile(os.path.join(folder, rel)))
+    problems += json_problems
+    modality = meta.get("modality")
+    want = len(modality) if isinstance(modality, dict) and len(modality) > 1 else 1
+    for image, label, entry in cases:
         try:
-            img_shape = nib.load(files["image"]).shape
-            seg_shape = nib.load(files["label"]).shape
+            img_shape = nib.load(os.path.join(folder, image)).shape
+            seg_shape = nib.load(os.path.join(folder, label)).shape
         except Exception as e:  # nibabel raises several types for broken files
-            problems.append(f"training[{i}]: cannot read the NIfTI header ({type(e).__name__}: {e})")
+            problems.append(f"training[{meta['training'].index(entry)}]: cannot read the NIfTI header "
+                            f"({type(e).__name__}: {e})")
             continue
-        want = 1 if n_channels in (None, 1) else n_channels
         channels = img_shape[3] if len(img_shape) == 4 else 1
         if len(img_shape) not in (3, 4) or channels != want:
             problems.append(f"{entry['image']}: shape {img_shape}, expected 3D (one modality) or 4D with "
@@ -199,24 +232,89 @@ def check_task_folder(folder: str) -> dict:
         elif tuple(seg_shape) != tuple(img_shape[:3]):
             problems.append(f"{entry['label']}: shape {seg_shape} differs from its image's {img_shape[:3]}")
     if problems:
-        raise TaskError(f"{folder}: malformed MSD task:\n  " + _problems_text(problems))
+        raise _malformed(shown, problems)
     return meta
 
 
+def check_task_archive(archive: str) -> dict:
+    """Check an MSD archive without unpacking it: readable to its end, one ``TaskXX_Name`` folder, and its
+    dataset.json (read from the archive) as :func:`check_task_folder` checks it, less the NIfTI headers.
+    Raises :class:`TaskError` with the reasons a real run would give. Returns MSD's dataset.json."""
+    try:
+        with tarfile.open(archive) as tf:
+            members, top = _archive_members(tf, archive)
+            names = {os.path.normpath(m.name.lstrip("./"))[len(top) + 1:]: m for m in members
+                     if os.path.normpath(m.name.lstrip("./")).startswith(top + "/")}
+            member = names.get("dataset.json")
+            text = tf.extractfile(member).read().decode("utf-8", "replace") if member and member.isfile() else None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise TaskError(f"{archive}: cannot unpack ({type(e).__name__}: {e})") from None
+    folders = {os.path.dirname(n) for n in names} | {n for n, m in names.items() if m.isdir()}
+    problems = _missing_subfolders(lambda sub: sub in folders)
+    meta = _parse_dataset_json(text, problems)
+    if meta is None:
+        raise _malformed(archive, problems)
+    problems += _dataset_json_problems(meta, lambda rel: rel in names and names[rel].isfile())[0]
+    if problems:
+        raise _malformed(archive, problems)
+    return meta
+
+
+def check_task(task: "MSDTask") -> dict:
+    """The checks a real run makes before converting ``task`` (its folder, or its archive unopened)."""
+    return check_task_archive(task.source) if task.is_archive else check_task_folder(task.source)
+
+
 # --- unpacking ----------------------------------------------------------------------------------------
+def _archive_members(tf: tarfile.TarFile, archive: str) -> tuple[list[tarfile.TarInfo], str]:
+    """The archive's members and its one top-level folder; raises TaskError for another layout and
+    tarfile.ReadError when the archive ends before its last member's data (a cut-off download)."""
+    members = tf.getmembers()
+    tops = {m.name.lstrip("./").split("/")[0] for m in members}
+    tops = {t for t in tops if t and not t.startswith("._")}  # macOS metadata files in MSD archives
+    if len(tops) != 1 or not TASK_RE.match(next(iter(tops))):
+        raise TaskError(f"{archive}: expected one top-level TaskXX_Name folder in the archive, found "
+                        f"{sorted(tops)[:5]}")
+    last = max((m for m in members if m.isfile() and m.size), key=lambda m: m.offset_data + m.size, default=None)
+    if last is not None:
+        tf.fileobj.seek(last.offset_data + last.size - 1)
+        if not tf.fileobj.read(1):
+            raise tarfile.ReadError("unexpected end of data")
+    return members, tops.pop()
+
+
+def _unsafe_member(m: tarfile.TarInfo) -> str | None:
+    """Why the ``data`` filter would refuse a member (for Pythons without tarfile filters)."""
+    parts = m.name.replace("\\", "/").split("/")
+    if m.name.startswith("/") or os.path.isabs(m.name) or ".." in parts:
+        return "a path outside the folder"
+    if not (m.isfile() or m.isdir()):
+        return "a link or special file"
+    return None
+
+
+def extract_all(tf: tarfile.TarFile, dest: str) -> None:
+    """``tf.extractall(dest, filter="data")``; on Pythons before 3.10.12 / 3.11.4, which have no filters,
+    the members the data filter would refuse (paths out of ``dest``, links, devices) are refused first."""
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, filter="data")
+        return
+    for m in tf.getmembers():
+        why = _unsafe_member(m)
+        if why:
+            raise tarfile.TarError(f"{m.name}: {why}; refusing to unpack")
+    tf.extractall(dest)
+
+
 def extract_task_archive(archive: str, dest: str) -> str:
     """Unpack an MSD archive (one top-level ``TaskXX_Name`` folder) into ``dest``; returns that folder."""
     try:
         with tarfile.open(archive) as tf:
-            tops = {m.name.lstrip("./").split("/")[0] for m in tf.getmembers()}
-            tops = {t for t in tops if t and not t.startswith("._")}  # macOS metadata files in MSD archives
-            if len(tops) != 1 or not TASK_RE.match(next(iter(tops))):
-                raise TaskError(f"{archive}: expected one top-level TaskXX_Name folder in the archive, found "
-                                f"{sorted(tops)[:5]}")
-            tf.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as e:
+            top = _archive_members(tf, archive)[1]
+            extract_all(tf, dest)
+    except (tarfile.TarError, OSError, EOFError) as e:
         raise TaskError(f"{archive}: cannot unpack ({type(e).__name__}: {e})") from None
-    return os.path.join(dest, tops.pop())
+    return os.path.join(dest, top)
 
 
 # --- nnU-Net commands -----------------------------------------------------------------------------------
@@ -263,6 +361,16 @@ def _converted_ok(folder: str) -> bool:
     return len(labels) == n
 
 
+def check_id_free(task: MSDTask, id_offset: int, environ) -> None:
+    """Raise :class:`TaskError` when another data set has the task's id (nnU-Net's converter would refuse)."""
+    name = task.dataset_name(id_offset)
+    others = {d: v for d, v in _datasets_with_id(task.dataset_id(id_offset), environ).items() if d != name}
+    if others:
+        d, var = next(iter(others.items()))
+        raise TaskError(f"{task.task_name}: data set id {task.dataset_id(id_offset)} is already taken by {d} in {var}; "
+                        f"use --id-offset N to give the MSD tasks ids N + task number")
+
+
 def conversion_args(task: MSDTask, source: str, id_offset: int, num_processes: int) -> list[str]:
     return ["-i", source, "-overwrite_id", str(task.dataset_id(id_offset)), "-np", str(num_processes)]
 
@@ -273,11 +381,7 @@ def convert_task(task: MSDTask, id_offset: int = 0, num_processes: int = 4, envi
     environ = dict(os.environ if environ is None else environ)
     raw = env_path("nnUNet_raw", environ)
     name = task.dataset_name(id_offset)
-    others = {d: v for d, v in _datasets_with_id(task.dataset_id(id_offset), environ).items() if d != name}
-    if others:
-        d, var = next(iter(others.items()))
-        raise TaskError(f"{task.task_name}: data set id {task.dataset_id(id_offset)} is already taken by {d} in {var}; "
-                        f"use --id-offset N to give the MSD tasks ids N + task number")
+    check_id_free(task, id_offset, environ)
     target = os.path.join(raw, name)
     if os.path.isdir(target):
         if _converted_ok(target):
@@ -292,7 +396,7 @@ def convert_task(task: MSDTask, id_offset: int = 0, num_processes: int = 4, envi
         if task.is_archive:
             echo(f"[unpack] {task.source}")
             source = extract_task_archive(task.source, os.path.join(staging, "archive"))
-        check_task_folder(source)
+        check_task_folder(source, task.source)
         child = child_env(environ, None)
         for var in NNUNET_PATH_VARS:  # the converter refuses ids present anywhere: give it empty folders
             child[var] = os.path.join(staging, var)
@@ -378,3 +482,4 @@ def plan_and_preprocess(dataset: str, dataset_id: int, planner: str, plans_name:
     if still:
         raise TaskError(f"{dataset}: nnUNetv2_plan_and_preprocess finished but {plans_name} {' '.join(still)} "
                         "lacks preprocessed cases")
+    echo(f"[done] {dataset}: {plans_name} {' '.join(todo)} planned and preprocessed")

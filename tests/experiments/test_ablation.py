@@ -21,12 +21,13 @@ import time
 import numpy as np
 import pytest
 
-from nnunet_swin.experiments import ablation, runner
+from nnunet_swin.experiments import ablation, checks, local, nnunet_files
+from nnunet_swin.experiments import jobs as jobmod
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASET_ID = 977
 DATASET = f"Dataset{DATASET_ID:03d}_AblTiny"
-CLI = ["-m", "nnunet_swin.cli", "ablate-skips"]
+CLI = [sys.executable, "-m", "nnunet_swin.cli", "ablate-skips"]
 
 TRAINER_MODULE = '''
 """Short Swin-Unet trainers for the ablation tests (nnU-Net finds them through nnUNet_extTrainer)."""
@@ -119,25 +120,36 @@ def nnunet_root(tmp_path_factory):
     return root
 
 
+BROKEN_2SKIP = """class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):
+    def on_train_start(self):
+        raise RuntimeError("MyShort_2skip is broken on purpose")
+"""
+
+
 @pytest.fixture(scope="module")
 def trained(nnunet_root):
-    """The full ablation, 4 skip counts x 2 folds on the CPU through the command-line wrapper, in three calls:
+    """The full ablation, 4 skip counts x 2 folds on the CPU through the command line, in four calls:
 
-    1. ``MyShort_2skip`` is not installed yet: its two runs fail, the six others train;
-    2. after adding it, the same command trains only the two missing runs;
-    3. the same command again trains nothing.
+    1. ``MyShort_2skip`` does not exist: the study is refused before anything runs (nnU-Net's lookup);
+    2. ``MyShort_2skip`` exists but fails when training starts: its two runs fail, the six others train;
+    3. after fixing it, the same command trains only the two missing runs;
+    4. the same command again trains nothing.
     """
     env = _env(nnunet_root)
     module = os.path.join(env["nnUNet_extTrainer"], "ablation_test_trainers.py")
-    without_2 = TRAINER_MODULE.replace("class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):\n    pass\n", "")
-    assert without_2 != TRAINER_MODULE
+    good_2 = "class MyShort_2skip(_Short, nnUNetTrainerSwinUnet_2skip):\n    pass\n"
+    assert good_2 in TRAINER_MODULE
     with open(module, "w") as f:
-        f.write(without_2)
+        f.write(TRAINER_MODULE.replace(good_2, ""))
     out = os.path.join(nnunet_root, "ablation_out")
-    cmd = [sys.executable, *CLI, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
+    cmd = [*CLI, "-d", str(DATASET_ID), "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
            "--device", "cpu", "--out", out]
     t0 = time.time()
-    calls = {"with_failures": _run(cmd, env)}
+    calls = {"typo": _run(cmd, env), "typo_took": time.time() - t0,
+             "results_after_typo": sorted(os.listdir(os.path.join(env["nnUNet_results"])))}
+    with open(module, "w") as f:
+        f.write(TRAINER_MODULE.replace(good_2, BROKEN_2SKIP))
+    calls["with_failures"] = _run(cmd, env)
     calls["runs_csv_after_failures"] = _read_csv(os.path.join(out, "runs.csv"))
     calls["summary_md_after_failures"] = open(os.path.join(out, "summary.md")).read()
     with open(module, "w") as f:
@@ -155,14 +167,26 @@ def _results_folder(trained, k: int, fold: int) -> str:
 
 # --- end to end ----------------------------------------------------------------------------------------
 @pytest.mark.slow
+def test_a_trainer_nnunet_cannot_find_is_refused_before_any_run(trained):
+    proc = trained["typo"]
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = proc.stderr.strip()
+    assert line.startswith("ablate-skips: error: trainer MyShort_2skip: not found in nnunetv2.training.nnUNetTrainer "
+                           "or on nnUNet_extTrainer; did you mean ") and "\n" not in line
+    assert sorted(line.split("did you mean ")[1].rstrip("?").split(" or ")) == [f"MyShort_{k}skip" for k in (0, 1, 3)]
+    assert "[run" not in proc.stdout and trained["typo_took"] < 30
+    assert trained["results_after_typo"] == []  # no report folder, no $nnUNet_results/<dataset>/
+
+
+@pytest.mark.slow
 def test_failed_runs_are_reported_and_the_others_go_on(trained):
-    """MyShort_2skip does not exist yet: both its runs fail with nnU-Net's error in the printed log tail, the
-    0-, 1- and 3-skip runs (before and after them) still train, and the exit code is non-zero."""
+    """MyShort_2skip fails when training starts: both its runs fail with the error in the printed log tail,
+    the 0-, 1- and 3-skip runs (before and after them) still train, and the exit code is non-zero."""
     proc = trained["with_failures"]
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("[FAILED]") == 2
     failed_block = proc.stdout.split("[FAILED]")[1]
-    assert "Could not find requested nnunet trainer MyShort_2skip" in failed_block  # the log tail
+    assert "RuntimeError: MyShort_2skip is broken on purpose" in failed_block  # the log tail
     assert proc.stdout.count("[done]") == 6
     assert proc.stdout.index("[FAILED]") < proc.stdout.rindex("[done]")  # runs after the failure went on
     runs = {(r["skips"], r["fold"]): r for r in trained["runs_csv_after_failures"]}
@@ -178,9 +202,18 @@ def test_failed_runs_are_reported_and_the_others_go_on(trained):
 def test_full_two_fold_run_writes_the_report(trained):
     proc, out = trained["complete"], trained["out"]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    # only the two missing runs were trained by the second call
+    # only the two missing runs were trained by this call
     assert proc.stdout.count("[run]") == 2 and proc.stdout.count("already complete") == 6
     assert "MyShort_2skip -p nnUNetPlans --npz -device cpu" in proc.stdout
+    # progress: run i of N with its log, nnU-Net's epoch lines while it trains, then time spent and left
+    name = f"{DATASET}__MyShort_2skip__nnUNetPlans__2d__fold_0"
+    start = proc.stdout.index(f"[run] run 3 of 8: nnUNetv2_train {DATASET} 2d 0 -tr MyShort_2skip")
+    assert proc.stdout[start:].splitlines()[1] == f"    log: {os.path.join(out, 'logs', name + '.log')}"
+    during = proc.stdout[start: proc.stdout.index(f"[done] {name}")]
+    for marker in ("Epoch 0", "train_loss", "val_loss", "Pseudo dice", "Epoch time"):
+        assert f"    {name}: " in during and marker in during, marker
+    assert "[progress] 3 of 8 runs done, " in proc.stdout and " left for 5 runs" in proc.stdout
+    assert "[progress] 8 of 8 runs done" in proc.stdout
     for name in ("runs.csv", "per_case.csv", "summary.csv", "summary.md", "dice_vs_skips.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert _no_temp_files(out)
@@ -257,7 +290,7 @@ def test_3d_fullres_ablation_end_to_end(tmp_path):
     with open(os.path.join(env["nnUNet_preprocessed"], dataset, "splits_final.json"), "w") as f:
         json.dump([{"train": cases[2:], "val": cases[:2]}], f)
     out = str(tmp_path / "out")
-    proc = _run([sys.executable, *CLI, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
+    proc = _run([*CLI, "-d", "978", "-c", "3d_fullres", "--skips", "0", "3", "--folds", "0",
                  "--trainer-pattern", "MyShort_{k}skip", "--device", "cpu", "--out", out], env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert proc.stdout.count("[done]") == 2
@@ -278,22 +311,24 @@ def test_3d_fullres_ablation_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
+def test_dry_run_lists_nnunet_commands(nnunet_root, monkeypatch):
     env = _env(nnunet_root)
     out = os.path.join(nnunet_root, "dry")
     lines = []
-    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], skips=[0, 1, 2, 3], trainer_pattern="Other_{k}skip",
-                               device="cuda", gpus="0,1", dry_run=True, out=out, environ=env, echo=lines.append)
+    real = checks.preflight
+    monkeypatch.setattr(checks, "preflight", lambda trainers, environ: {**real(trainers, environ), "cuda": True})
+    rc = ablation.run_ablation(str(DATASET_ID), folds=[0, 1], skips=[0, 1, 2, 3], device="cuda", gpus="0,1",
+                               dry_run=True, out=out, environ=env, echo=lines.append)
     assert rc == 0
     assert len(lines) == 8
-    assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr Other_0skip -p nnUNetPlans --npz "
-                        "-device cuda")
-    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 0 -tr Other_1skip")
-    assert lines[7].endswith(f"{DATASET} 2d 1 -tr Other_3skip -p nnUNetPlans --npz -device cuda")
+    assert lines[0] == (f"CUDA_VISIBLE_DEVICES=0 nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_0skip -p "
+                        "nnUNetPlans --npz -device cuda")
+    assert lines[1].startswith(f"CUDA_VISIBLE_DEVICES=1 nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_1skip")
+    assert lines[7].endswith(f"{DATASET} 2d 1 -tr nnUNetTrainerSwinUnet_3skip -p nnUNetPlans --npz -device cuda")
     assert not os.path.exists(out)  # a dry run writes nothing
 
     # the console script prints the same
-    proc = _run([sys.executable, *CLI, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
+    proc = _run([*CLI, "-d", str(DATASET_ID), "--folds", "0", "--skips", "2", "--device", "cpu",
                  "--dry-run", "--out", out], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (f"nnUNetv2_train {DATASET} 2d 0 -tr nnUNetTrainerSwinUnet_2skip -p nnUNetPlans --npz -device cpu"
@@ -301,7 +336,7 @@ def test_dry_run_lists_nnunet_commands(nnunet_root, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_killed_run_uses_c(nnunet_root):
+def test_resume_after_killed_run_uses_c(nnunet_root, monkeypatch):
     """A fold folder with only checkpoint_latest.pth (a killed run) continues with --c; one with a final
     checkpoint but no validation summary only validates (--val)."""
     env = _env(nnunet_root)
@@ -314,12 +349,14 @@ def test_resume_after_killed_run_uses_c(nnunet_root):
     open(os.path.join(unvalidated, "checkpoint_final.pth"), "wb").close()
 
     jobs = ablation.build_jobs(str(DATASET_ID), folds=[0], skips=[0, 1, 2], trainer_pattern="Killed_{k}skip")
-    planned = runner.plan_runs(jobs, "cpu", env)
-    assert [p.state for p in planned] == [runner.FRESH, runner.RESUME, runner.NEEDS_VALIDATION]
+    planned = jobmod.plan_runs(jobs, "cpu", env)
+    assert [p.state for p in planned] == [jobmod.FoldState.FRESH, jobmod.FoldState.RESUME, jobmod.FoldState.NEEDS_VALIDATION]
     assert "--c" not in planned[0].args and "--val" not in planned[0].args
     assert planned[1].args[-1] == "--c" and "--npz" in planned[1].args
     assert planned[2].args[-1] == "--val" and "--npz" in planned[2].args
-    lines = []
+    lines = []  # the Killed_ trainers exist only as these folders: nnU-Net's lookup is not asked
+    monkeypatch.setattr(checks, "preflight", lambda trainers, environ: {"missing": {}, "known": [], "cuda": False,
+                                                                        "mps": False})
     ablation.run_ablation(str(DATASET_ID), folds=[0], skips=[1], trainer_pattern="Killed_{k}skip", device="cpu",
                           dry_run=True, out=os.path.join(nnunet_root, "dry2"), environ=env, echo=lines.append)
     assert lines == [f"nnUNetv2_train {DATASET} 2d 0 -tr Killed_1skip -p nnUNetPlans --npz -device cpu --c"]
@@ -366,13 +403,13 @@ def test_slurm_script(nnunet_root, tmp_path):
     first, second = (calls / "1.txt").read_text(), (calls / "2.txt").read_text()
     assert "--array=0-11" in first.splitlines()[0]
     assert "--dependency=afterany:1001" in second.splitlines()[0]
-    assert "ablation" in second and "--aggregate-only" in second
+    assert "-m nnunet_swin.cli ablate-skips" in second and "--aggregate-only" in second
 
 
 @pytest.mark.slow
 def test_run_job_subcommand_skips_a_complete_run(trained, tmp_path):
     """What each SLURM array task runs: a complete run is not trained again."""
-    proc = _run([sys.executable, "-m", "nnunet_swin.experiments.runner", "run-job", "--out", str(tmp_path),
+    proc = _run([sys.executable, "-m", "nnunet_swin.experiments.worker", "run-job", "--out", str(tmp_path),
                  "--device", "cpu", "--dataset", DATASET, "--configuration", "2d", "--fold", "0",
                  "--trainer", "MyShort_0skip", "--tag", "skips=0"], trained["env"])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -399,7 +436,8 @@ def test_gpu_queue_runs_one_job_per_gpu_at_a_time(monkeypatch, tmp_path):
     seen = []
     lock = threading.Lock()
 
-    def fake_run_one(job, device, records_dir, logs_dir, gpu=None, environ=None, log_tail_lines=40, echo=print):
+    def fake_run_one(job, device, records_dir, logs_dir, gpu=None, environ=None, log_tail_lines=40, echo=print,
+                     position=""):
         with lock:
             active[gpu] = active.get(gpu, 0) + 1
             assert active[gpu] == 1, "two runs on one GPU"
@@ -408,16 +446,16 @@ def test_gpu_queue_runs_one_job_per_gpu_at_a_time(monkeypatch, tmp_path):
         with lock:
             active[gpu] -= 1
         status = "failed" if job.fold == "2" else "completed"
-        return runner.RunRecord(job, status, returncode=1 if status == "failed" else 0, gpu=gpu)
+        return jobmod.RunRecord(job=job, status=status, returncode=1 if status == "failed" else 0, gpu=gpu)
 
-    monkeypatch.setattr(runner, "run_one", fake_run_one)
-    jobs = [runner.Job("Dataset001_X", "2d", f, "T") for f in range(6)]
-    report = runner.run_jobs(jobs, str(tmp_path), device="cuda", gpus="0,1", echo=lambda m: None)
+    monkeypatch.setattr(local, "run_one", fake_run_one)
+    jobs = [jobmod.Job("Dataset001_X", "2d", f, "T") for f in range(6)]
+    report = local.run_jobs(jobs, str(tmp_path), device="cuda", gpus="0,1", echo=lambda m: None)
     assert [r.job.fold for r in report.records] == [str(f) for f in range(6)]
     assert {g for _, g in seen} == {"0", "1"}
     assert report.exit_code == 1 and [r.job.fold for r in report.failed] == ["2"]
     with pytest.raises(ValueError):
-        runner.run_jobs(jobs, str(tmp_path), device="cpu", gpus="0")
+        local.run_jobs(jobs, str(tmp_path), device="cpu", gpus="0")
 
 
 # --- aggregation on hand-made nnU-Net result folders (fast) -------------------------------------------
@@ -608,9 +646,9 @@ def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_pa
     text = open(script).read()
     assert "--dataset Dataset042_Foo --configuration 3d_fullres --fold 0 --trainer nnUNetTrainerSwinUnet_3skip" in text
     aggregation = text.split("NNUNET_AGGREGATE")[1]
-    assert "-c 3d_fullres" in aggregation
+    assert "--configuration 3d_fullres" in aggregation
     assert os.path.join(env["nnUNet_results"], "Dataset042_Foo", "ablation_skips__nnUNetPlans__3d_fullres") in aggregation
-    proc = subprocess.run([sys.executable, *CLI, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
+    proc = subprocess.run([*CLI, "-d", "42", "-c", "3d_lowres", "--dry-run"], capture_output=True,
                           text=True, env={**os.environ, **env, "PYTHONPATH": REPO}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "ablate-skips: error: Dataset042_Foo: plans nnUNetPlans have no configuration 3d_lowres; they have 2d, 3d_fullres")
@@ -618,10 +656,10 @@ def test_3d_fullres_dry_run_and_slurm_script_and_unplanned_configurations(tmp_pa
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     path = str(tmp_path / "t.csv")
-    runner.atomic_write(path, "old\n")
+    nnunet_files.atomic_write(path, "old\n")
 
     with pytest.raises(TypeError):
-        runner.atomic_write(path, 12345)  # not str/bytes: fails while writing the temp file
+        nnunet_files.atomic_write(path, 12345)  # not str/bytes: fails while writing the temp file
     assert open(path).read() == "old\n"
     assert _no_temp_files(str(tmp_path))
 
@@ -631,7 +669,7 @@ def test_cli_parser_registration():
 
     top = argparse.ArgumentParser(prog="nnunet-swin")
     sub = top.add_subparsers(dest="command")
-    ablation.add_ablate_skips_parser(sub)
+    ablation.add_parser(sub)
     args = top.parse_args(["ablate-skips", "-d", "7", "--folds", "0", "1", "--trainer-pattern", "MyShort_{k}skip",
                            "--device", "cpu"])
     assert args.func is ablation.handle_args

@@ -149,6 +149,44 @@ def test_unsafe_or_odd_archives_are_refused(tmp_path, names, message):
     assert not (tmp_path / "evil.txt").exists()
 
 
+@pytest.fixture
+def python_without_tar_filters(monkeypatch):
+    """tarfile as on Python < 3.10.12 / 3.11.4: no ``data_filter``, and ``extractall`` takes no ``filter``."""
+    original = tarfile.TarFile.extractall
+
+    def old_extractall(self, path=".", members=None, *, numeric_owner=False):
+        return original(self, path, members, numeric_owner=numeric_owner)
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+
+
+def test_archives_unpack_without_tar_filters(task_dir, tmp_path, python_without_tar_filters):
+    archive = _tar(task_dir, str(tmp_path / "Task97_SynthMSD.tar"))
+    folder = msd.extract_task_archive(archive, str(tmp_path / "out"))
+    assert sorted(os.listdir(os.path.join(folder, "imagesTr"))) == sorted(os.listdir(os.path.join(task_dir, "imagesTr")))
+
+
+@pytest.mark.parametrize("kind", ["parent", "symlink"])
+def test_without_tar_filters_what_the_data_filter_refuses_is_refused(tmp_path, python_without_tar_filters, kind):
+    archive = str(tmp_path / "Task97_SynthMSD.tar")
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("Task97_SynthMSD/dataset.json")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+        if kind == "parent":
+            info = tarfile.TarInfo("Task97_SynthMSD/../../evil.txt")
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+        else:
+            info = tarfile.TarInfo("Task97_SynthMSD/link")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tf.addfile(info)
+    with pytest.raises(msd.TaskError, match="cannot unpack .*refusing to unpack"):
+        msd.extract_task_archive(archive, str(tmp_path / "out"))
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_file_that_is_not_a_tar_is_reported(tmp_path):
     archive = tmp_path / "Task97_SynthMSD.tar"
     archive.write_bytes(b"this is not a tar archive" * 40)

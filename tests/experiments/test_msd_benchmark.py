@@ -20,11 +20,12 @@ import tarfile
 
 import pytest
 
+from nnunet_swin.experiments import leaderboard
 from nnunet_swin.experiments import msd_benchmark as mb
 from nnunet_swin.experiments.msd_benchmark import Model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLI = ["-m", "nnunet_swin.cli", "benchmark-msd"]
+CLI = [sys.executable, "-m", "nnunet_swin.cli", "benchmark-msd"]
 DATASET = "Dataset097_SynthMSD"
 
 TRAINER_MODULE = '''
@@ -65,7 +66,7 @@ def _env(root: str) -> dict:
 
 
 def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *CLI, *args], env=env, capture_output=True, text=True, timeout=1200,
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=1200,
                           cwd=REPO)
 
 
@@ -111,9 +112,16 @@ def test_first_call_reports_the_malformed_task_and_benchmarks_the_good_one(bench
     assert first.returncode == 1, text[-3000:]  # a task was skipped
     assert "[SKIPPED]" in text and "Task98_Broken: malformed MSD task" in text and "labelsTr/ is missing" in text
     assert sorted(os.listdir(bench["env"]["nnUNet_raw"])) == [DATASET]  # nothing of the broken task, no staging
-    for program in ("nnUNetv2_convert_MSD_dataset", "nnUNetv2_plan_and_preprocess", "nnUNetv2_train"):
+    for program in ("nnUNetv2_convert_MSD_dataset", "nnUNetv2_plan_and_preprocess"):
         assert f"[run] {program}" in text
     assert "[run] find_best_configuration" in text
+    # a line per task converted and planned, run i of N while training
+    assert "[task 1 of 2] Task97_SynthMSD: conversion and preprocessing" in text
+    assert "[task 2 of 2] Task98_Broken: conversion and preprocessing" in text
+    assert f"[done] Task97_SynthMSD -> {os.path.join(bench['env']['nnUNet_raw'], DATASET)}" in text
+    assert f"[done] {DATASET}: nnUNetPlans 2d planned and preprocessed" in text
+    assert f"[run] run 1 of 2: nnUNetv2_train {DATASET} 2d 0 -tr MsdShortSwin" in text
+    assert f"[run] run 2 of 2: nnUNetv2_train {DATASET} 2d 0 -tr MsdShortCNN" in text
 
 
 @pytest.mark.slow
@@ -315,13 +323,13 @@ def test_pinned_and_bad_trainer_specs():
 
 
 def test_rank_is_competition_ranking_and_skips_nan():
-    assert mb.rank([0.5, 0.9, 0.5, float("nan"), 0.1]) == [2, 1, 2, None, 4]
+    assert leaderboard.rank([0.5, 0.9, 0.5, float("nan"), 0.1]) == [2, 1, 2, None, 4]
 
 
 def test_missing_nnunet_paths_is_a_one_line_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env["PYTHONPATH"] = REPO
-    proc = subprocess.run([sys.executable, *CLI, str(tmp_path)], env=env, capture_output=True, text=True,
+    proc = subprocess.run([*CLI, str(tmp_path)], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("benchmark-msd: error: nnUNet_results is not set")
@@ -344,7 +352,7 @@ def test_cli_has_the_subcommand():
 def test_a_narrower_rerun_keeps_earlier_tasks_models_and_folds(tmp_path):
     """The leaderboards cover every run recorded in --out: a call for task 97, model A, fold 0 (given twice)
     after calls that also ran task 98 (models A and B) and fold 1 of task 97 keeps all of them."""
-    from nnunet_swin.experiments import runner
+    from nnunet_swin.experiments import jobs
     from nnunet_swin.experiments.msd import MSDTask
 
     records = str(tmp_path / "runs")
@@ -353,7 +361,7 @@ def test_a_narrower_rerun_keeps_earlier_tasks_models_and_folds(tmp_path):
     earlier = (mb.build_jobs("Dataset098_Other", other, [a, b], ["0", "1"])
                + mb.build_jobs("Dataset097_Synth", synth, [a], ["1"]))
     for job in earlier:
-        runner.save_record(records, runner.RunRecord(job, "completed"))
+        jobs.save_record(records, jobs.RunRecord(job=job, status="completed"))
     now = mb.build_jobs("Dataset097_Synth", synth, [a], ["0", "0"])
     assert [j.fold for j in now] == ["0"]
     studied = mb.study_tasks([(synth, "Dataset097_Synth")], now, records)
@@ -367,9 +375,9 @@ def test_leaderboard_p_says_how_many_pairs_it_rests_on():
 
     base = {"configuration": "2d", "plans": "nnUNetPlans", "folds": "5/5", "hd95_mean_mm": 1.0,
             "epoch_time_s": 10.0, "peak_gpu_mem_mb": 100.0, "selected_by_find_best": ""}
-    board = mb.TaskBoard(MSDTask(97, "Synth", ""), DATASET, rows=[
+    board = leaderboard.TaskBoard(MSDTask(97, "Synth", ""), DATASET, rows=[
         {**base, "rank": 1, "trainer": "A", "dice_mean": 0.9},
         {**base, "rank": 2, "trainer": "B", "dice_mean": 0.8, "p_vs_first": 0.0625, "nonzero_pairs_vs_first": 5}])
-    md = mb.board_markdown(board, "cmd")
+    md = leaderboard.board_markdown(board, "cmd")
     assert "| 0.9000 | 1.00 | – |" in md and "| 0.8000 | 1.00 | 0.062 (5) |" in md
     assert "with fewer than 6, p < 0.05 is impossible" in md

@@ -22,7 +22,9 @@ import tarfile
 
 import pytest
 
-from nnunet_swin.experiments import runner
+from nnunet_swin.experiments import jobs as jobmod
+from nnunet_swin.experiments import slurm
+from nnunet_swin.experiments.nnunet_files import NNUNET_PATH_VARS
 from slurm_cluster import PARTITION, LocalSlurm, unavailable_reason
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,7 +75,7 @@ class SlurmShort_3skip(_Short, nnUNetTrainerSwinUnet_3skip):
 # --- helpers -----------------------------------------------------------------------------------------
 def _env(root: str) -> dict:
     env = dict(os.environ)
-    env.update({var: os.path.join(root, var) for var in runner.NNUNET_PATH_VARS})
+    env.update({var: os.path.join(root, var) for var in NNUNET_PATH_VARS})
     env.update({"nnUNet_extTrainer": os.path.join(root, "ext"), "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
                 "nnUNet_compile": "f", "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
@@ -109,7 +111,7 @@ def _finished(cluster: LocalSlurm, ids: list[str]) -> dict[str, list[dict]]:
 
 def _make_folders(env: dict) -> None:
     """nnU-Net's three folders and the trainer folder with the test trainers."""
-    for var in (*runner.NNUNET_PATH_VARS, "nnUNet_extTrainer"):
+    for var in (*NNUNET_PATH_VARS, "nnUNet_extTrainer"):
         os.makedirs(env[var], exist_ok=True)
     with open(os.path.join(env["nnUNet_extTrainer"], "slurm_test_trainers.py"), "w") as f:
         f.write(TRAINER_MODULE)
@@ -190,9 +192,9 @@ def test_ablation_on_slurm_failed_task_then_resubmit(cluster, study):
     fold3 = os.path.join(env["nnUNet_results"], DATASET, "SlurmShort_3skip__nnUNetPlans__2d", "fold_0")
     seen = json.load(open(os.path.join(fold3, "job_env.json")))
     assert seen["SLURM_ARRAY_JOB_ID"] == array_id and seen["SLURM_ARRAY_TASK_ID"] == "1"
-    assert {k: seen[k] for k in runner.NNUNET_PATH_VARS} == {k: env[k] for k in runner.NNUNET_PATH_VARS}
+    assert {k: seen[k] for k in NNUNET_PATH_VARS} == {k: env[k] for k in NNUNET_PATH_VARS}
     assert seen["sys_prefix"] == sys.prefix and seen["cwd"] == out
-    assert runner.fold_state(fold3) == runner.COMPLETE
+    assert jobmod.fold_state(fold3) == jobmod.FoldState.COMPLETE
 
     # the aggregation's report: the failed run with its exit code and log tail
     runs = {r["skips"]: r for r in _read_csv(os.path.join(out, "runs.csv"))}
@@ -260,35 +262,35 @@ def test_msd_benchmark_on_slurm_without_the_archive(cluster, tmp_path_factory):
 
 # --- sbatch options and the script, no cluster -----------------------------------------------------------
 def test_slurm_option_is_split_as_a_shell_would():
-    assert runner.split_sbatch_options(["--partition gpu", "--time=1:00:00", "--comment 'two words'"]) == [
+    assert slurm.split_sbatch_options(["--partition gpu", "--time=1:00:00", "--comment 'two words'"]) == [
         "--partition", "gpu", "--time=1:00:00", "--comment", "two words"]
     with pytest.raises(ValueError, match="not an sbatch option"):
-        runner.split_sbatch_options(["partition=gpu"])
+        slurm.split_sbatch_options(["partition=gpu"])
     with pytest.raises(ValueError, match="quote as in a shell"):
-        runner.split_sbatch_options(["--comment 'open"])
+        slurm.split_sbatch_options(["--comment 'open"])
 
 
 def test_cpu_request_is_an_option_and_gpu_requests_go_to_the_array_only():
-    array, agg = runner._sbatch_options_per_job(["--partition gpu", "--gres gpu:a100:2", "--account=p"], "cuda", 1)
+    array, agg = slurm.sbatch_options_per_job(["--partition gpu", "--gres gpu:a100:2", "--account=p"], "cuda", 1)
     assert array == ["--cpus-per-task=1", "--partition", "gpu", "--account=p", "--gres", "gpu:a100:2"]
     assert agg == ["--cpus-per-task=1", "--partition", "gpu", "--account=p"]
-    array, agg = runner._sbatch_options_per_job([], "cuda", 6)
+    array, agg = slurm.sbatch_options_per_job([], "cuda", 6)
     assert array == ["--cpus-per-task=6", "--gres=gpu:1"] and agg == ["--cpus-per-task=6"]
-    assert runner._sbatch_options_per_job(["--gpus-per-task=1"], "cuda", 1)[0] == ["--cpus-per-task=1",
+    assert slurm.sbatch_options_per_job(["--gpus-per-task=1"], "cuda", 1)[0] == ["--cpus-per-task=1",
                                                                                    "--gpus-per-task=1"]
-    assert runner._sbatch_options_per_job([], "cpu", 1) == (["--cpus-per-task=1"], ["--cpus-per-task=1"])
+    assert slurm.sbatch_options_per_job([], "cpu", 1) == (["--cpus-per-task=1"], ["--cpus-per-task=1"])
     with pytest.raises(ValueError, match="at least 1"):
-        runner._sbatch_options_per_job([], "cpu", 0)
+        slurm.sbatch_options_per_job([], "cpu", 0)
 
 
 def test_array_spec_compacts_ranges():
-    assert runner.array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert runner.array_spec([3]) == "3" and runner.array_spec([]) == ""
+    assert slurm.array_spec([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert slurm.array_spec([3]) == "3" and slurm.array_spec([]) == ""
 
 
 def test_script_passes_options_as_separate_words(tmp_path):
-    jobs = [runner.Job("Dataset001_X", "2d", "0", "T")]
-    text = runner.write_slurm_script(str(tmp_path / "s.sh"), jobs, str(tmp_path / "out"), ["true"], device="cuda",
+    jobs = [jobmod.Job("Dataset001_X", "2d", "0", "T")]
+    text = slurm.write_slurm_script(str(tmp_path / "s.sh"), jobs, str(tmp_path / "out"), ["true"], device="cuda",
                                      sbatch_options=["--partition gpu", "--comment='my study'"],
                                      environ={"nnUNet_results": "rel/results", "PATH": "/bin"})
     array_line = next(line for line in text.splitlines() if line.startswith("ARRAY_ID=$(sbatch"))

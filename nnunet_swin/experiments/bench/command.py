@@ -13,7 +13,7 @@ from nnunet_swin.experiments.bench.measure import BenchResult, run_bench
 from nnunet_swin.experiments.bench.rows import SWIN_DEFAULT_3D, nnunet_plan, swin_plan_options
 from nnunet_swin.experiments.bench.tables import COLUMNS_3D, cpu_targets, format_table, format_targets, \
     write_results
-from nnunet_swin.experiments.runner import atomic_write
+from nnunet_swin.experiments.nnunet_files import atomic_write
 
 
 def bench_command(device: str = "cpu", patch: tuple[int, ...] = (224,), batch: int = 4, in_channels: int = 1,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from nnunet_swin.experiments.bench.measure import BenchResult
 from nnunet_swin.experiments.bench.rows import CNN_ROW, OFFICIAL_ROW, SWIN_ROW
-from nnunet_swin.experiments.runner import atomic_write
+from nnunet_swin.experiments.nnunet_files import atomic_write
 
 @dataclass
 class Target:
