@@ -31,10 +31,11 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
 * A transformer recipe: AdamW (lr 3e-4, wd 5e-2 except norms, biases and position tables), linear
   warm-up over the first 5 % of epochs (Primus: 50 of 1000), poly decay, gradient clipping at 1.
   ``recipe = "sgd"`` gives the paper's SGD (lr 0.05, momentum 0.9, wd 1e-4, poly 0.9).
-* Mixed precision: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0+), also made the
-  process's CUDA autocast dtype so nnU-Net's validation and predictor use it; fp32 everywhere else.
-  Never fp16 with a GradScaler (fp16 overflows in Swin attention); where nnU-Net's own code still
-  autocasts to fp16, ``SwinUnet.forward`` switches autocast off and computes in fp32.
+* Mixed precision: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0+), fp32 everywhere
+  else. Never fp16 with a GradScaler (fp16 overflows in Swin attention). nnU-Net's validation and predictor
+  autocast to fp16 (no dtype given): the network built here carries ``fp16_autocast_dtype`` (bf16 where
+  native, else None) and its forward computes in that, or in fp32, instead. No process-wide setting is
+  changed, so a CNN trained or predicted later in the same process keeps nnU-Net's own precision.
 * Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
   explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
 * The training log states the network derived from the plan: strides, token grid and window per stage,
@@ -123,13 +124,9 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def _prefer_bf16_autocast() -> torch.dtype | None:
-    """With native bf16 make bf16 the CUDA autocast dtype of this process (nnU-Net's own validation and
-    its predictor call ``autocast('cuda')`` without a dtype) and return it; else None (fp32)."""
-    if not native_bf16():
-        return None
-    torch.set_autocast_dtype("cuda", torch.bfloat16)
-    return torch.bfloat16
+def _bf16_if_native() -> torch.dtype | None:
+    """The dtype Swin-Unet computes in under CUDA autocast: bf16 where native, else None (fp32)."""
+    return torch.bfloat16 if native_bf16() else None
 
 
 class AbstractSwinUnetTrainer(nnUNetTrainer):
@@ -176,7 +173,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         self.enable_deep_supervision = bool(self.deep_supervision)
         # Never fp16 + GradScaler for Swin: bf16 autocast where the GPU has it natively, fp32 otherwise.
         self.grad_scaler = None
-        self.autocast_dtype = _prefer_bf16_autocast() if self.device.type == "cuda" else None
+        self.autocast_dtype = _bf16_if_native() if self.device.type == "cuda" else None
         self._nonfinite_total = 0
         self._nonfinite_in_a_row = 0
         self._weights_loaded = False  # set when weights are loaded into the network after initialize()
@@ -268,7 +265,6 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         """nnU-Net's entry point (its signature), at training *and* inference (nnUNetv2_predict): builds the
         network from the class and the plans alone, loads no weights. Not the hook to override: see
         ``network_kwargs``."""
-        _prefer_bf16_autocast()
         deep_supervision = bool(enable_deep_supervision and cls.deep_supervision)
         options = cls._network_options(plans_manager, configuration_manager)
         patch = [int(s) for s in configuration_manager.patch_size]
@@ -279,6 +275,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                              f"rounds the patch up to {round_patch_size(patch, multiple)} when training starts).")
         net = SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
                        **options.as_dict())
+        net.fp16_autocast_dtype = _bf16_if_native()  # what nnU-Net's fp16 validation and predictor run it in
         # A head whose output the loss ignores gets no gradient; frozen, DDP does not wait for one.
         weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (NUM_STAGES - 1)
         for head, weight in zip(net.decoder.seg_layers, weights, strict=True):

@@ -246,8 +246,8 @@ def test_warmup_poly_schedule():
 
 
 # --- a real trainer on the session's preprocessed data, in this process -----------------------------
-def _initialized_trainer(trainer, workspace, monkeypatch):
-    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
+def _trainer(trainer, workspace, monkeypatch, device: str = "cpu"):
+    """``trainer`` on the session's planned 2D data set (fold all), constructed."""
     import json
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -255,7 +255,12 @@ def _initialized_trainer(trainer, workspace, monkeypatch):
     pre = workspace.pre / "Dataset990_SwinSynthetic"
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
-    tr = trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    return trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device(device))
+
+
+def _initialized_trainer(trainer, workspace, monkeypatch):
+    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
+    tr = _trainer(trainer, workspace, monkeypatch)
     tr.initialize()
     return tr
 
@@ -383,28 +388,59 @@ def test_patch_rounded_to_the_networks_own_multiple():
 
 
 # --- precision ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("gpu, expected", [
-    (None, None),  # no CUDA
-    ("V100", None),  # capability 7.0: bf16 only emulated (torch's default is_bf16_supported() says True)
-    ("A100", torch.bfloat16),  # capability 8.0: native
-])
-def test_bf16_only_where_the_gpu_has_it_natively(monkeypatch, gpu, expected):
-    from nnunet_swin.trainers import base
-
+def _fake_gpu(monkeypatch, gpu: str | None) -> bool:
+    """Make torch see no CUDA, a V100 (capability 7.0: bf16 only emulated, though torch's default
+    ``is_bf16_supported()`` says True) or an A100 (8.0: native bf16); return whether bf16 is native."""
     native = gpu == "A100"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: gpu is not None and (native or including_emulation))
-    calls = []
-    monkeypatch.setattr(torch, "set_autocast_dtype", lambda device, dtype: calls.append((device, dtype)))
-    assert base._prefer_bf16_autocast() is expected
+    return native
+
+
+GPUS = [(None, None), ("V100", None), ("A100", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("gpu, expected", GPUS)
+def test_bf16_only_where_the_gpu_has_it_natively_and_no_process_state_changes(planned, workspace, monkeypatch,
+                                                                               gpu, expected):
+    """Constructing a trainer for CUDA, building its network (what ``initialize`` and nnUNetv2_predict
+    call) and running its autocast leave the process's CUDA autocast dtype as it was: a CNN trained or
+    predicted later in the same process must not find bf16 under its GradScaler."""
+    from nnunet_swin.trainers import base
+
+    native = _fake_gpu(monkeypatch, gpu)
     assert base.native_bf16() is native
-    # bf16 becomes the process's CUDA autocast dtype (nnU-Net's validation and predictor use it) only then
-    assert calls == ([("cuda", torch.bfloat16)] if native else [])
+    before = torch.get_autocast_dtype("cuda")
+    trainer = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY})
+    tr = _trainer(trainer, workspace, monkeypatch, "cuda")
+    assert tr.autocast_dtype is expected and tr.grad_scaler is None
+    net = trainer.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 3, False)
+    assert torch.get_autocast_dtype("cuda") == before
+    assert net.fp16_autocast_dtype is expected  # what nnU-Net's fp16 validation and predictor run it in
+    with tr._autocast():
+        if expected is not None:
+            assert torch.get_autocast_dtype("cuda") == expected
+    assert torch.get_autocast_dtype("cuda") == before
+
+
+@pytest.mark.parametrize("gpu, expected", GPUS)
+def test_network_computes_in_bf16_or_fp32_under_an_fp16_autocast(monkeypatch, gpu, expected):
+    """nnU-Net's validation and predictor autocast without a dtype, i.e. fp16, which overflows in Swin
+    attention: the trainer's network computes in bf16 there where the GPU has it natively and in fp32
+    elsewhere (the CPU's autocast stands in for CUDA's: the forward treats both alike)."""
+    _fake_gpu(monkeypatch, gpu)
     pm, cm = _fake_cm((64, 64))
-    calls.clear()
-    type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY}).build_network_architecture(pm, cm, 1, 2, False)
-    assert calls == ([("cuda", torch.bfloat16)] if native else [])  # nnUNetv2_predict builds through here
+    torch.manual_seed(0)
+    net = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY}).build_network_architecture(
+        pm, cm, 1, 2, False).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        reference = net(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = net(x)
+    assert out.dtype == (expected or torch.float32)
+    torch.testing.assert_close(out.float(), reference, **({} if expected is None else dict(rtol=0.05, atol=0.05)))
 
 
 # --- deep-supervision loss weights and frozen heads --------------------------------------------------
