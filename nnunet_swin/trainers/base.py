@@ -36,8 +36,11 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
   autocast to fp16 (no dtype given): the network built here carries ``fp16_autocast_dtype`` (bf16 where
   native, else None) and its forward computes in that, or in fp32, instead. No process-wide setting is
   changed, so a CNN trained or predicted later in the same process keeps nnU-Net's own precision.
-* Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
-  explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
+* Non-finite loss or gradient norm: the optimizer step is skipped on the device (the fused optimizers'
+  ``found_inf``, as GradScaler uses it: parameters and optimizer state stay as they were), so a step makes
+  no host sync but the one read of the loss nnU-Net's own ``train_step`` makes; that read, after the step
+  is queued, also brings the gradient norm. A skipped step is logged; training stops with an explanation
+  after ``max_consecutive_nonfinite`` skipped steps in a row.
 * The training log states the network derived from the plan: strides, token grid and window per stage,
   parameters, and the activation memory one batch saves for backward (measured with fake tensors).
 * ImageNet initialisation (``imagenet_pretrained = True``) at the start of a fresh training, never in
@@ -127,6 +130,16 @@ def native_bf16() -> bool:
 def _bf16_if_native() -> torch.dtype | None:
     """The dtype Swin-Unet computes in under CUDA autocast: bf16 where native, else None (fp32)."""
     return torch.bfloat16 if native_bf16() else None
+
+
+def _start_momentum_at_zero(optimizer: torch.optim.SGD) -> None:
+    """Give every trainable parameter a zero momentum buffer. Fused SGD allocates the buffers uninitialised
+    on its first step and fills them in the kernel, which a skipped step (``found_inf``) never runs; from
+    zero, with dampening 0, the first step is the same (buffer = gradient)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 class AbstractSwinUnetTrainer(nnUNetTrainer):
@@ -368,13 +381,13 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         no_decay = [p for n, p in named if n in skip]
         if self.recipe == "sgd":
             groups = [{"params": decay + no_decay, "weight_decay": self.weight_decay}]
-            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9)
+            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9, fused=True)
+            _start_momentum_at_zero(optimizer)
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, 0)
         else:
             groups = [{"params": decay, "weight_decay": self.weight_decay},
                       {"params": no_decay, "weight_decay": 0.0}]
-            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999),
-                                          fused=self.device.type == "cuda")
+            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999), fused=True)
             warmup = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction > 0 else 0
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup)
         return optimizer, scheduler
@@ -400,13 +413,29 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         # non-finite gradient norm then makes every rank skip the same step.
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        loss_value = loss.detach().float().cpu().numpy()
-        if torch.isfinite(loss.detach()) and torch.isfinite(grad_norm):
-            self.optimizer.step()
+        self._step_unless_nonfinite(loss.detach(), grad_norm)
+        # the one host read of a step (nnU-Net's own train_step reads the loss), once the step is queued
+        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).cpu().numpy()
+        if np.isfinite(loss_value) and np.isfinite(norm_value):
             self._nonfinite_in_a_row = 0
-            return {"loss": loss_value}
-        self._handle_nonfinite(loss_value, grad_norm)
+            return {"loss": np.asarray(loss_value)}
+        self._handle_nonfinite(loss_value, norm_value)
         return {"loss": np.array(np.nan, dtype=np.float32)}
+
+    def _step_unless_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """``optimizer.step()``, made a no-op on the device when the loss or the gradient norm is non-finite:
+        a fused optimizer told ``found_inf`` skips its whole update, step counts included. An optimizer
+        without that (a subclass's own) is stepped or not after a host check."""
+        found_inf = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if not getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            if not found_inf.item():
+                self.optimizer.step()
+            return
+        self.optimizer.found_inf = found_inf
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
 
     def _handle_nonfinite(self, loss_value, grad_norm) -> None:
         self.optimizer.zero_grad(set_to_none=True)
