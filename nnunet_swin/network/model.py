@@ -239,7 +239,7 @@ class SwinUnet(nn.Module):
 
     What callers read instead of reaching into submodules: ``options`` (the resolved
     :class:`SwinUnetOptions`), ``stage_strides``, ``stage_windows``, ``size_multiple``, ``output_strides``,
-    ``no_weight_decay()`` and ``describe(size)``.
+    ``no_weight_decay()`` and ``describe(size)``. What a caller may set: ``fp16_autocast_dtype``.
     """
 
     def __init__(self, input_channels: int, num_classes: int, *, deep_supervision: bool = False, **options: Any):
@@ -266,6 +266,10 @@ class SwinUnet(nn.Module):
         self.register_buffer("drop_path_keep", torch.tensor(keep, dtype=torch.float32).view(-1, 1), persistent=False)
         self.apply(_init_weights)
         self.set_grad_checkpointing(opts.gradient_checkpointing)
+        #: What ``forward`` computes in when it finds itself under fp16 autocast (nnU-Net's validation and
+        #: predictor autocast without a dtype, i.e. fp16): ``torch.bfloat16`` where the device has it natively
+        #: (a trainer knows), or None for float32. Never fp16 itself: it overflows in attention and MLPs.
+        self.fp16_autocast_dtype: torch.dtype | None = None
 
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters that take no weight decay (timm's convention): the relative-position bias
@@ -325,9 +329,10 @@ class SwinUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self.check_input(x)
         device = x.device.type
-        if _autocast_dtype(device) == torch.float16:
-            # fp16 overflows in Swin attention and MLPs (max 65504). nnU-Net's validation and predictor
-            # autocast to fp16 unless told otherwise: compute in float32 then, never in fp16.
+        if _autocast_dtype(device) == torch.float16:  # fp16 overflows (max 65504): bf16 or float32 instead
+            if self.fp16_autocast_dtype is not None:
+                with torch.autocast(device, dtype=self.fp16_autocast_dtype):
+                    return self._forward(x)
             with torch.autocast(device, enabled=False):
                 return self._forward(x.float())
         return self._forward(x)

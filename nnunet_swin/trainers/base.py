@@ -31,12 +31,16 @@ What this adds to nnU-Net's ``nnUNetTrainer``:
 * A transformer recipe: AdamW (lr 3e-4, wd 5e-2 except norms, biases and position tables), linear
   warm-up over the first 5 % of epochs (Primus: 50 of 1000), poly decay, gradient clipping at 1.
   ``recipe = "sgd"`` gives the paper's SGD (lr 0.05, momentum 0.9, wd 1e-4, poly 0.9).
-* Mixed precision: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0+), also made the
-  process's CUDA autocast dtype so nnU-Net's validation and predictor use it; fp32 everywhere else.
-  Never fp16 with a GradScaler (fp16 overflows in Swin attention); where nnU-Net's own code still
-  autocasts to fp16, ``SwinUnet.forward`` switches autocast off and computes in fp32.
-* Non-finite loss or gradient norm: logged, the optimizer step is skipped; training stops with an
-  explanation after ``max_consecutive_nonfinite`` skipped steps in a row.
+* Mixed precision: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0+), fp32 everywhere
+  else. Never fp16 with a GradScaler (fp16 overflows in Swin attention). nnU-Net's validation and predictor
+  autocast to fp16 (no dtype given): the network built here carries ``fp16_autocast_dtype`` (bf16 where
+  native, else None) and its forward computes in that, or in fp32, instead. No process-wide setting is
+  changed, so a CNN trained or predicted later in the same process keeps nnU-Net's own precision.
+* Non-finite loss or gradient norm: the optimizer step is skipped on the device (the fused optimizers'
+  ``found_inf``, as GradScaler uses it: parameters and optimizer state stay as they were), so a step makes
+  no host sync but the one read of the loss nnU-Net's own ``train_step`` makes; that read, after the step
+  is queued, also brings the gradient norm. A skipped step is logged; training stops with an explanation
+  after ``max_consecutive_nonfinite`` skipped steps in a row.
 * The training log states the network derived from the plan: strides, token grid and window per stage,
   parameters, and the activation memory one batch saves for backward (measured with fake tensors).
 * ImageNet initialisation (``imagenet_pretrained = True``) at the start of a fresh training, never in
@@ -123,13 +127,19 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def _prefer_bf16_autocast() -> torch.dtype | None:
-    """With native bf16 make bf16 the CUDA autocast dtype of this process (nnU-Net's own validation and
-    its predictor call ``autocast('cuda')`` without a dtype) and return it; else None (fp32)."""
-    if not native_bf16():
-        return None
-    torch.set_autocast_dtype("cuda", torch.bfloat16)
-    return torch.bfloat16
+def _bf16_if_native() -> torch.dtype | None:
+    """The dtype Swin-Unet computes in under CUDA autocast: bf16 where native, else None (fp32)."""
+    return torch.bfloat16 if native_bf16() else None
+
+
+def _start_momentum_at_zero(optimizer: torch.optim.SGD) -> None:
+    """Give every trainable parameter a zero momentum buffer. Fused SGD allocates the buffers uninitialised
+    on its first step and fills them in the kernel, which a skipped step (``found_inf``) never runs; from
+    zero, with dampening 0, the first step is the same (buffer = gradient)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 class AbstractSwinUnetTrainer(nnUNetTrainer):
@@ -176,7 +186,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         self.enable_deep_supervision = bool(self.deep_supervision)
         # Never fp16 + GradScaler for Swin: bf16 autocast where the GPU has it natively, fp32 otherwise.
         self.grad_scaler = None
-        self.autocast_dtype = _prefer_bf16_autocast() if self.device.type == "cuda" else None
+        self.autocast_dtype = _bf16_if_native() if self.device.type == "cuda" else None
         self._nonfinite_total = 0
         self._nonfinite_in_a_row = 0
         self._weights_loaded = False  # set when weights are loaded into the network after initialize()
@@ -268,7 +278,6 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         """nnU-Net's entry point (its signature), at training *and* inference (nnUNetv2_predict): builds the
         network from the class and the plans alone, loads no weights. Not the hook to override: see
         ``network_kwargs``."""
-        _prefer_bf16_autocast()
         deep_supervision = bool(enable_deep_supervision and cls.deep_supervision)
         options = cls._network_options(plans_manager, configuration_manager)
         patch = [int(s) for s in configuration_manager.patch_size]
@@ -279,6 +288,7 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
                              f"rounds the patch up to {round_patch_size(patch, multiple)} when training starts).")
         net = SwinUnet(num_input_channels, num_output_channels, deep_supervision=deep_supervision,
                        **options.as_dict())
+        net.fp16_autocast_dtype = _bf16_if_native()  # what nnU-Net's fp16 validation and predictor run it in
         # A head whose output the loss ignores gets no gradient; frozen, DDP does not wait for one.
         weights = cls.deep_supervision_weights() if deep_supervision else (1.0,) + (0.0,) * (NUM_STAGES - 1)
         for head, weight in zip(net.decoder.seg_layers, weights, strict=True):
@@ -371,13 +381,13 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         no_decay = [p for n, p in named if n in skip]
         if self.recipe == "sgd":
             groups = [{"params": decay + no_decay, "weight_decay": self.weight_decay}]
-            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9)
+            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9, fused=True)
+            _start_momentum_at_zero(optimizer)
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, 0)
         else:
             groups = [{"params": decay, "weight_decay": self.weight_decay},
                       {"params": no_decay, "weight_decay": 0.0}]
-            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999),
-                                          fused=self.device.type == "cuda")
+            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999), fused=True)
             warmup = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction > 0 else 0
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup)
         return optimizer, scheduler
@@ -403,13 +413,29 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         # non-finite gradient norm then makes every rank skip the same step.
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        loss_value = loss.detach().float().cpu().numpy()
-        if torch.isfinite(loss.detach()) and torch.isfinite(grad_norm):
-            self.optimizer.step()
+        self._step_unless_nonfinite(loss.detach(), grad_norm)
+        # the one host read of a step (nnU-Net's own train_step reads the loss), once the step is queued
+        loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).cpu().numpy()
+        if np.isfinite(loss_value) and np.isfinite(norm_value):
             self._nonfinite_in_a_row = 0
-            return {"loss": loss_value}
-        self._handle_nonfinite(loss_value, grad_norm)
+            return {"loss": np.asarray(loss_value)}
+        self._handle_nonfinite(loss_value, norm_value)
         return {"loss": np.array(np.nan, dtype=np.float32)}
+
+    def _step_unless_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """``optimizer.step()``, made a no-op on the device when the loss or the gradient norm is non-finite:
+        a fused optimizer told ``found_inf`` skips its whole update, step counts included. An optimizer
+        without that (a subclass's own) is stepped or not after a host check."""
+        found_inf = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if not getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            if not found_inf.item():
+                self.optimizer.step()
+            return
+        self.optimizer.found_inf = found_inf
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
 
     def _handle_nonfinite(self, loss_value, grad_norm) -> None:
         self.optimizer.zero_grad(set_to_none=True)

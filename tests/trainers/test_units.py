@@ -5,6 +5,7 @@ steps."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -246,8 +247,8 @@ def test_warmup_poly_schedule():
 
 
 # --- a real trainer on the session's preprocessed data, in this process -----------------------------
-def _initialized_trainer(trainer, workspace, monkeypatch):
-    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
+def _trainer(trainer, workspace, monkeypatch, device: str = "cpu"):
+    """``trainer`` on the session's planned 2D data set (fold all), constructed."""
     import json
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -255,20 +256,31 @@ def _initialized_trainer(trainer, workspace, monkeypatch):
     pre = workspace.pre / "Dataset990_SwinSynthetic"
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
-    tr = trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device("cpu"))
+    return trainer(plans, "2d", "all", json.loads((pre / "dataset.json").read_text()), torch.device(device))
+
+
+def _initialized_trainer(trainer, workspace, monkeypatch):
+    """``trainer`` on the session's planned 2D data set (fold all, CPU), initialised."""
+    tr = _trainer(trainer, workspace, monkeypatch)
     tr.initialize()
     return tr
 
 
 @pytest.fixture
-def tiny_trainer(planned, workspace, monkeypatch):
+def tiny_trainer_class(planned, workspace, monkeypatch):
+    """A narrow 2D trainer with deep supervision, from the user folder the subprocess tests use."""
     import sys
 
     monkeypatch.syspath_prepend(str(workspace.user_ext))
     sys.modules.pop("user_trainers", None)
     import user_trainers
 
-    return _initialized_trainer(user_trainers.TestSwin_3skip_DS, workspace, monkeypatch)
+    return user_trainers.TestSwin_3skip_DS
+
+
+@pytest.fixture
+def tiny_trainer(tiny_trainer_class, workspace, monkeypatch):
+    return _initialized_trainer(tiny_trainer_class, workspace, monkeypatch)
 
 
 def test_deep_supervision_matches_network(tiny_trainer):
@@ -298,25 +310,78 @@ def test_weight_decay_groups_are_the_networks_own(tiny_trainer):
     assert "encoder.stages.0.blocks.0.attn.qkv.weight" in decay
 
 
+def _batch(tr, data: torch.Tensor) -> dict:
+    """A training batch of ``data`` (2 x 1 x 128 x 96) with an all-background target at every DS scale."""
+    target = [torch.zeros(2, 1, int(128 * s[0]), int(96 * s[1])) for s in tr._get_deep_supervision_scales()]
+    return {"data": data, "target": target}
+
+
 def test_nonfinite_loss_skips_step_then_stops(tiny_trainer):
     tr = tiny_trainer
     tr.set_deep_supervision_enabled(True)
     before = {k: v.clone() for k, v in tr.network.state_dict().items()}
-    scales = tr._get_deep_supervision_scales()
-    target = [torch.zeros(2, 1, int(128 * s[0]), int(96 * s[1])) for s in scales]
-    bad = {"data": torch.full((2, 1, 128, 96), float("nan")), "target": target}
+    bad = _batch(tr, torch.full((2, 1, 128, 96), float("nan")))
     out = tr.train_step(bad)
     assert np.isnan(out["loss"])
     after = tr.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a non-finite step must not change weights"
     log = open(tr.log_file).read()
     assert "non-finite loss" in log and "step skipped" in log
-    good = {"data": torch.randn(2, 1, 128, 96), "target": target}
-    assert np.isfinite(tr.train_step(good)["loss"])  # training goes on
+    assert np.isfinite(tr.train_step(_batch(tr, torch.randn(2, 1, 128, 96)))["loss"])  # training goes on
     tr.max_consecutive_nonfinite = 3
     with pytest.raises(FloatingPointError, match="non-finite"):
         for _ in range(3):
             tr.train_step(bad)
+
+
+def _state(tr) -> tuple[dict, dict]:
+    """Copies of the network's parameters and of every tensor and number in the optimizer's state."""
+    params = {n: p.detach().clone() for n, p in tr.network.named_parameters()}
+    opt = copy.deepcopy(tr.optimizer.state_dict()["state"])
+    return params, opt
+
+
+def _assert_same_state(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][n], b[0][n]) for n in a[0])
+    assert a[1].keys() == b[1].keys()
+    for i in a[1]:
+        assert a[1][i].keys() == b[1][i].keys(), i
+        assert all(torch.equal(torch.as_tensor(a[1][i][k]), torch.as_tensor(b[1][i][k])) for k in a[1][i]), i
+
+
+@contextlib.contextmanager
+def _nan_gradient(param: torch.Tensor):
+    """Within: backward gives ``param`` a NaN gradient (the loss stays finite)."""
+    handle = param.register_hook(lambda g: torch.full_like(g, float("nan")))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("recipe", ["adamw", "sgd"])
+def test_nonfinite_gradient_leaves_parameters_and_optimizer_state_unchanged(tiny_trainer_class, workspace,
+                                                                            monkeypatch, recipe):
+    """A finite loss whose gradient is not finite: the step is skipped on the device, as the first step
+    (the optimizer's state then holds zeros only, as a fresh one would start from) and after steps."""
+    tr = _initialized_trainer(type("T", (tiny_trainer_class,), {"recipe": recipe}), workspace, monkeypatch)
+    tr.set_deep_supervision_enabled(True)
+    weight = tr.network.decoder.seg_layers[0].weight
+    good = _batch(tr, torch.randn(2, 1, 128, 96))
+    for first in (True, False):
+        before = _state(tr)
+        with _nan_gradient(weight):
+            out = tr.train_step(good)
+        assert np.isnan(out["loss"])
+        after = _state(tr)
+        assert all(torch.equal(before[0][n], after[0][n]) for n in before[0]), "a skipped step changed weights"
+        if first:  # the optimizer may make its state on the skipped step, but only zeros (no step counted)
+            assert all(not torch.as_tensor(v).any() for st in after[1].values() for v in st.values())
+            assert tr.train_step(good)["loss"] > 0  # then a real step
+        else:
+            _assert_same_state(before, after)
+    log = open(tr.log_file).read()
+    assert log.count("non-finite gradient norm") == 2 and "step skipped (1 in a row, 2 in total)" in log
 
 
 def test_imagenet_trainer_loads_at_train_start_and_explains_missing_weights(planned, workspace, monkeypatch, tmp_path):
@@ -383,28 +448,59 @@ def test_patch_rounded_to_the_networks_own_multiple():
 
 
 # --- precision ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("gpu, expected", [
-    (None, None),  # no CUDA
-    ("V100", None),  # capability 7.0: bf16 only emulated (torch's default is_bf16_supported() says True)
-    ("A100", torch.bfloat16),  # capability 8.0: native
-])
-def test_bf16_only_where_the_gpu_has_it_natively(monkeypatch, gpu, expected):
-    from nnunet_swin.trainers import base
-
+def _fake_gpu(monkeypatch, gpu: str | None) -> bool:
+    """Make torch see no CUDA, a V100 (capability 7.0: bf16 only emulated, though torch's default
+    ``is_bf16_supported()`` says True) or an A100 (8.0: native bf16); return whether bf16 is native."""
     native = gpu == "A100"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: gpu is not None and (native or including_emulation))
-    calls = []
-    monkeypatch.setattr(torch, "set_autocast_dtype", lambda device, dtype: calls.append((device, dtype)))
-    assert base._prefer_bf16_autocast() is expected
+    return native
+
+
+GPUS = [(None, None), ("V100", None), ("A100", torch.bfloat16)]
+
+
+@pytest.mark.parametrize("gpu, expected", GPUS)
+def test_bf16_only_where_the_gpu_has_it_natively_and_no_process_state_changes(planned, workspace, monkeypatch,
+                                                                               gpu, expected):
+    """Constructing a trainer for CUDA, building its network (what ``initialize`` and nnUNetv2_predict
+    call) and running its autocast leave the process's CUDA autocast dtype as it was: a CNN trained or
+    predicted later in the same process must not find bf16 under its GradScaler."""
+    from nnunet_swin.trainers import base
+
+    native = _fake_gpu(monkeypatch, gpu)
     assert base.native_bf16() is native
-    # bf16 becomes the process's CUDA autocast dtype (nnU-Net's validation and predictor use it) only then
-    assert calls == ([("cuda", torch.bfloat16)] if native else [])
+    before = torch.get_autocast_dtype("cuda")
+    trainer = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY})
+    tr = _trainer(trainer, workspace, monkeypatch, "cuda")
+    assert tr.autocast_dtype is expected and tr.grad_scaler is None
+    net = trainer.build_network_architecture(tr.plans_manager, tr.configuration_manager, 1, 3, False)
+    assert torch.get_autocast_dtype("cuda") == before
+    assert net.fp16_autocast_dtype is expected  # what nnU-Net's fp16 validation and predictor run it in
+    with tr._autocast():
+        if expected is not None:
+            assert torch.get_autocast_dtype("cuda") == expected
+    assert torch.get_autocast_dtype("cuda") == before
+
+
+@pytest.mark.parametrize("gpu, expected", GPUS)
+def test_network_computes_in_bf16_or_fp32_under_an_fp16_autocast(monkeypatch, gpu, expected):
+    """nnU-Net's validation and predictor autocast without a dtype, i.e. fp16, which overflows in Swin
+    attention: the trainer's network computes in bf16 there where the GPU has it natively and in fp32
+    elsewhere (the CPU's autocast stands in for CUDA's: the forward treats both alike)."""
+    _fake_gpu(monkeypatch, gpu)
     pm, cm = _fake_cm((64, 64))
-    calls.clear()
-    type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY}).build_network_architecture(pm, cm, 1, 2, False)
-    assert calls == ([("cuda", torch.bfloat16)] if native else [])  # nnUNetv2_predict builds through here
+    torch.manual_seed(0)
+    net = type("T", (nnUNetTrainerSwinUnet,), {"network_options": TINY}).build_network_architecture(
+        pm, cm, 1, 2, False).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        reference = net(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = net(x)
+    assert out.dtype == (expected or torch.float32)
+    torch.testing.assert_close(out.float(), reference, **({} if expected is None else dict(rtol=0.05, atol=0.05)))
 
 
 # --- deep-supervision loss weights and frozen heads --------------------------------------------------
@@ -494,3 +590,22 @@ def test_pretrained_weights_between_label_sets(tmp_path, old_names):
     same = trainer.build_network_architecture(pm, cm, 1, 3, False)
     same.load_state_dict(torch.load(path, weights_only=True)["network_weights"])
     assert torch.equal(same.decoder.seg_layers[0].weight, source.decoder.seg_layers[0].weight)
+
+
+def test_a_step_reads_the_device_once_after_the_optimizer_step(tiny_trainer, monkeypatch):
+    """Whether a step is skipped is decided on the device: the only host read of a step (nnU-Net's own
+    train_step reads the loss) comes after ``optimizer.step()`` is queued, finite step or not, so the
+    CPU never waits for the GPU before it has queued the whole step."""
+    tr = tiny_trainer
+    tr.set_deep_supervision_enabled(True)
+    events = []
+    for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__float__"):
+        method = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _m=method, _n=name, **k: (events.append(_n),
+                                                                                         _m(t, *a, **k))[1])
+    step = tr.optimizer.step
+    monkeypatch.setattr(tr.optimizer, "step", lambda *a, **k: (events.append("step"), step(*a, **k))[1])
+    for data in (torch.randn(2, 1, 128, 96), torch.full((2, 1, 128, 96), float("nan"))):
+        events.clear()
+        tr.train_step(_batch(tr, data))
+        assert events == ["step", "cpu", "numpy"]
