@@ -379,15 +379,19 @@ class AbstractSwinUnetTrainer(nnUNetTrainer):
         named = list(net.named_parameters())
         decay = [p for n, p in named if n not in skip]
         no_decay = [p for n, p in named if n in skip]
+        # Fused kernels skip a non-finite step on the device (found_inf); elsewhere (MPS) train_step checks
+        # on the host.
+        fused = self.device.type in ("cuda", "cpu")
         if self.recipe == "sgd":
             groups = [{"params": decay + no_decay, "weight_decay": self.weight_decay}]
-            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9, fused=True)
-            _start_momentum_at_zero(optimizer)
+            optimizer = torch.optim.SGD(groups, self.initial_lr, momentum=0.9, fused=fused)
+            if fused:
+                _start_momentum_at_zero(optimizer)
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, 0)
         else:
             groups = [{"params": decay, "weight_decay": self.weight_decay},
                       {"params": no_decay, "weight_decay": 0.0}]
-            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999), fused=True)
+            optimizer = torch.optim.AdamW(groups, self.initial_lr, betas=(0.9, 0.999), fused=fused)
             warmup = max(1, round(self.warmup_fraction * self.num_epochs)) if self.warmup_fraction > 0 else 0
             scheduler = WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, warmup)
         return optimizer, scheduler
