@@ -46,7 +46,8 @@ class nnUNetTrainerSwinUnet_transposedconv(nnUNetTrainerSwinUnet):
 
 # --- recipe variants ---------------------------------------------------------------------------------
 class nnUNetTrainerSwinUnet_SGD(nnUNetTrainerSwinUnet):
-    """The paper's optimiser: SGD lr 0.05, momentum 0.9, weight decay 1e-4, poly 0.9, no warm-up."""
+    """The paper's optimiser: SGD lr 0.05, momentum 0.9, weight decay 1e-4, poly 0.9, no warm-up; gradients
+    clipped at 12 as nnU-Net does (the paper does not clip)."""
     recipe = "sgd"
 
 
