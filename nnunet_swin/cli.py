@@ -8,6 +8,7 @@ its parser with ``set_defaults(func=...)`` (``func(args) -> exit code``), listed
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -18,18 +19,20 @@ from nnunet_swin.experiments import ablation, msd_benchmark
 
 class HelpFormatter(argparse.HelpFormatter):
     """Appends an option's default to its help, once: not when the help already states it, nor for options
-    without one (None, False)."""
+    without one (None, False or 0, an empty list) or that take no value (switches). Every subcommand's
+    parser uses it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or action.default == []
+                or action.nargs == 0 or not action.option_strings):
             return text
         default = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
         return f"{text} (default: {default})"
 
 
 def _add(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    return sub.add_parser(name, help=help, description=description or help)
 
 
 def demo_parser(sub) -> argparse.ArgumentParser:
@@ -177,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-swin", description="Swin-Unet trainers for nnU-Net v2",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=version_line())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter))
     for add_parser in SUBCOMMANDS:
         command = add_parser(sub)
         command.set_defaults(command_parser=command)

@@ -28,9 +28,9 @@ def _cli(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedPr
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    """Every subcommand's parser, registered the one way cli.main registers them."""
-    sub = argparse.ArgumentParser(prog="nnunet-swin").add_subparsers()
-    return {p.prog.split()[-1]: p for p in (add_parser(sub) for add_parser in cli.SUBCOMMANDS)}
+    """Every subcommand's parser, as cli.main builds them."""
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
 
 
 def test_version():

@@ -49,17 +49,6 @@ def option(*flags: str, help: str, default: Any = None, to_cluster: bool = True,
 REQUIRED = dataclasses.MISSING
 
 
-def _help(f: dataclasses.Field) -> str:
-    text = f.metadata["help"]
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    action = f.metadata["kwargs"].get("action")
-    if default in (None, False, [], dataclasses.MISSING) or action in ("store_true", "store_false") \
-            or "default" in text:
-        return text
-    shown = " ".join(map(str, default)) if isinstance(default, list) else default
-    return f"{text} (default: {shown})"
-
-
 @dataclass(kw_only=True)
 class StudyOptions:
     """Options of both studies. Subclasses add theirs; field names are the argparse destinations."""
@@ -99,7 +88,7 @@ class StudyOptions:
         shared = {f.name for f in dataclasses.fields(StudyOptions)}
         fields = sorted(dataclasses.fields(cls), key=lambda f: (bool(f.metadata["flags"]), f.name in shared))
         for f in fields:
-            kwargs = dict(f.metadata["kwargs"], help=_help(f))
+            kwargs = dict(f.metadata["kwargs"], help=f.metadata["help"])
             if not f.metadata["flags"]:
                 parser.add_argument(f.name, **kwargs)
                 continue
