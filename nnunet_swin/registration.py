@@ -23,6 +23,7 @@ This module imports only the standard library at import time (``setup.py`` loads
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -110,6 +111,41 @@ class Lookup(NamedTuple):
     broken_entry: str | None = None
 
 
+def _classes_defined_in(folders: list[str]) -> set[str]:
+    """Names of the classes defined in the .py files under ``folders`` (read as text, nothing imported)."""
+    pattern = re.compile(r"^class\s+(\w+)", re.M)
+    names: set[str] = set()
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                if name.endswith(".py"):
+                    try:
+                        with open(os.path.join(root, name), errors="replace") as f:
+                            names.update(pattern.findall(f.read()))
+                    except OSError:
+                        continue
+    return names
+
+
+def known_trainer_names() -> set[str]:
+    """Trainer names to suggest for a misspelt one: every nnUNetTrainer subclass imported by now (nnU-Net's,
+    ours, those a lookup loaded from nnUNet_extTrainer) and the classes defined in the nnUNet_extTrainer
+    folders. Imports nnU-Net and, if it imports, this plugin's trainers."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    try:
+        import nnunet_swin.trainers  # noqa: F401  (our variants, whether or not a lookup imported them)
+    except Exception:  # a broken plugin is the lookup's finding, not a reason to give no suggestions
+        pass
+    names, todo = set(), [nnUNetTrainer]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    folders = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p and os.path.isdir(p)]
+    return names | _classes_defined_in(folders)
+
+
 # Run by a fresh interpreter: nnU-Net's own lookup of argv[1]. On failure it names the nnUNet_extTrainer entry
 # whose module failed to import, or the registered trainer names closest to the one asked for.
 _LOOKUP_CODE = """
@@ -120,17 +156,8 @@ entries = [os.path.abspath(p) for p in os.environ.get("nnUNet_extTrainer", "").s
 try:
     cls = find(name)
 except RuntimeError:
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    try:
-        import nnunet_swin.trainers
-    except Exception:
-        pass
-    names, todo = set(), [nnUNetTrainer]
-    while todo:
-        c = todo.pop()
-        names.add(c.__name__)
-        todo.extend(c.__subclasses__())
-    print("MISSING", " ".join(difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.75)))
+    from nnunet_swin.registration import known_trainer_names
+    print("MISSING", " ".join(difflib.get_close_matches(name, sorted(known_trainer_names()), n=3, cutoff=0.75)))
     sys.exit(1)
 except Exception as e:
     files = [f.filename for f in traceback.extract_tb(e.__traceback__)] + [getattr(e, "filename", None) or ""]

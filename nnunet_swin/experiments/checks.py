@@ -14,11 +14,11 @@ import difflib
 import io
 import json
 import os
-import re
 import subprocess
 from typing import Sequence
 
 from nnunet_swin.experiments.local import child_env, worker_command
+from nnunet_swin.registration import known_trainer_names
 
 #: How long the helper process may take (it imports torch and nnU-Net's trainer modules).
 PREFLIGHT_TIMEOUT_S = 120
@@ -26,37 +26,6 @@ PREFLIGHT_TIMEOUT_S = 120
 
 class SetupError(ValueError):
     """Bad input found before any work: reported as one line, exit code 2."""
-
-
-def _trainer_class_names(folders: Sequence[str]) -> set[str]:
-    """Names of the classes defined in the .py files under ``folders`` (for 'did you mean')."""
-    names: set[str] = set()
-    pattern = re.compile(r"^class\s+(\w+)", re.M)
-    for folder in folders:
-        for root, _, files in os.walk(folder):
-            for name in files:
-                if name.endswith(".py"):
-                    try:
-                        with open(os.path.join(root, name), errors="replace") as f:
-                            names.update(pattern.findall(f.read()))
-                    except OSError:
-                        continue
-    return names
-
-
-def _known_trainers() -> set[str]:
-    """Trainer names for suggestions: every nnUNetTrainer subclass imported by now (nnU-Net's, ours, and
-    those the lookup found on nnUNet_extTrainer) and the classes defined in the nnUNet_extTrainer folders."""
-    import nnunet_swin.trainers  # noqa: F401  (our variants, whether or not the lookup imported them)
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    names, todo = set(), [nnUNetTrainer]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo += cls.__subclasses__()
-    folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and os.path.isdir(p)]
-    return names | _trainer_class_names(folders)
 
 
 def preflight_report(trainers: Sequence[str]) -> dict:
@@ -72,7 +41,7 @@ def preflight_report(trainers: Sequence[str]) -> dict:
                 recursive_find_trainer_class_by_name(name)
             except Exception as e:  # not found, not an nnUNetTrainer, or a module that fails to import
                 missing[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    known = sorted(_known_trainers()) if missing else []
+    known = sorted(known_trainer_names()) if missing else []
     mps = getattr(torch.backends, "mps", None)
     return {"missing": missing, "known": known, "cuda": torch.cuda.is_available(),
             "mps": bool(mps and mps.is_available())}
