@@ -364,7 +364,7 @@ def test_nonfinite_gradient_leaves_parameters_and_optimizer_state_unchanged(tiny
                                                                             monkeypatch, recipe):
     """A finite loss whose gradient is not finite: the step is skipped on the device, as the first step
     (the optimizer's state then holds zeros only, as a fresh one would start from) and after steps."""
-    tr = _initialized_trainer(type("T", (tiny_trainer_class,), {"recipe": recipe}), workspace, monkeypatch)
+    tr = _initialized_trainer(type(f"T_{recipe}", (tiny_trainer_class,), {"recipe": recipe}), workspace, monkeypatch)
     tr.set_deep_supervision_enabled(True)
     weight = tr.network.decoder.seg_layers[0].weight
     good = _batch(tr, torch.randn(2, 1, 128, 96))
